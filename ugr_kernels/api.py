@@ -1,0 +1,295 @@
+"""``weighted_sisdr``: batched (PIT) SI-SDR / SI-SDRi with a softmax pmf over the batch.
+
+The flow (see ``ARCHITECTURE.md``)::
+
+    est, ref (B, C, T) -> sufficient statistics per (b, i, j)      [one pass over T]
+                       -> SI-SDR matrix (B, C, C) -> PIT perm -> L per item
+                       -> F = alpha * L + bias (+ score_fn(L)) -> masked softmax pmf p
+                       -> loss = sum_i p_i L_i
+    backward: dL/dstats (tiny) -> d est                              [one pass over T]
+
+Only the two passes touch T-sized memory (``ugr_kernels.ops``); everything here
+works on (B, C, C) tensors in float64, is vectorised and free of host syncs.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Callable, NamedTuple, Optional, Union
+
+import torch
+from torch import Tensor
+
+from . import backends
+from .ops import sufficient_stats
+from .pmf import softmax_pmf, world_size
+from .reference import pairwise_sisdr
+
+MAX_PIT_SOURCES = 6
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+class WeightedSISDRResult(NamedTuple):
+    """What ``weighted_sisdr`` returns; items are indexed by *reference* source.
+
+    Attributes:
+        loss: scalar, ``sum_i p_i L_i`` (times the world size under a process group).
+        sisdr: (B, C) SI-SDR in dB of the estimate assigned to reference j (0 where masked).
+        sisdri: (B, C) SI-SDR improvement over the mixture, or None without a mixture.
+        weights: the pmf p actually used: (B, C) for ``granularity="source"``, (B,) for
+            ``"example"``; 0 for masked items; sums to 1 over the (global) batch.
+        perm: (B, C) int64, ``perm[b, j]`` = index of the estimate assigned to reference j,
+            so ``est.gather(1, perm[..., None].expand_as(est))`` is aligned with ``ref``.
+        mask: (B, C) bool, the (example, source) pairs that took part.
+    """
+
+    loss: Tensor
+    sisdr: Tensor
+    sisdri: Optional[Tensor]
+    weights: Tensor
+    perm: Tensor
+    mask: Tensor
+
+
+def weighted_sisdr(
+    est: Tensor,
+    ref: Tensor,
+    *,
+    mixture: Optional[Tensor] = None,
+    alpha: Union[float, Tensor] = 0.0,
+    bias: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
+    granularity: str = "source",
+    pit: bool = True,
+    zero_mean: bool = True,
+    eps: float = 1e-10,
+    clamp_db: Optional[float] = None,
+    backend: str = "auto",
+    score_fn: Optional[Callable[[Tensor], Tensor]] = None,
+    process_group=None,
+    check_finite: bool = True,
+) -> WeightedSISDRResult:
+    r"""Weighted, permutation-invariant negative SI-SDR(i) loss (unified gradient reweighting).
+
+    For estimate x and reference y (centred when ``zero_mean``),
+
+    .. math::
+        \text{SI-SDR}(x, y) = 10\log_{10}\frac{\langle x,y\rangle^2 + \epsilon\|x\|^2\|y\|^2}
+            {\|x\|^2\|y\|^2 - \langle x,y\rangle^2 + \epsilon\|x\|^2\|y\|^2}
+
+    which equals the textbook ``10 log10(||s||^2 / ||e||^2)`` with ``s = <x,y>/||y||^2 y``,
+    ``e = x - s`` up to the relative ``eps`` (bounds the value to about +-100 dB
+    for the default, independent of amplitude). PIT picks per example the
+    permutation maximising the mean SI-SDR over sources (exhaustive, C <= 6).
+    The item loss is ``L = -SI-SDR`` (``-SI-SDRi`` when a mixture is given), the
+    weighting score ``F = alpha * L + bias + score_fn(L)``, and
+
+    .. math::
+        p_i = \operatorname{softmax}_i(F)\ \text{over unmasked items},\qquad
+        \text{loss} = \sum_i \operatorname{sg}(p_i)\, L_i .
+
+    The weights are constants in backward (stop-gradient ``sg``): the gradient is
+    exactly ``sum_i p_i grad L_i``. With ``F = t L`` this is the gradient of tilted
+    ERM ``(1/t) log mean exp(t L)``; the non-detached variant would instead give
+    ``p_i (1 + t (L_i - sum_j p_j L_j))`` and is not UGR. ``alpha = 0`` with no
+    bias is the plain mean PIT loss.
+
+    Args:
+        est: (B, C, T) estimates, float16/bfloat16/float32/float64.
+        ref: (B, C, T) references, same device; treated like ``est`` if it needs grad.
+        mixture: (B, T) or (B, 1, T); when given, L uses SI-SDRi.
+        alpha: coefficient of L in F (> 0: hard examples, < 0: easy examples).
+            A float or a 0-d tensor (a tensor avoids recompiles under torch.compile).
+        bias: per-item additive score, broadcastable to (B, C) for ``"source"``
+            granularity or (B,) for ``"example"`` (e.g. a class bias gamma[label]).
+        mask: bool, broadcastable to (B, C) (or (B,)): False removes an item from the pmf.
+        granularity: ``"source"``: the pmf is over the B*C (example, source) pairs after
+            PIT; ``"example"``: over the B mixtures with L = mean over sources.
+        pit: search the best permutation (else estimate i is matched to reference i).
+        zero_mean: centre both signals over T first (standard SI-SDR).
+        eps: relative regulariser, see above.
+        clamp_db: soft upper bound of SI-SDR like an SNR_max: the error energy gets
+            ``10**(-clamp_db/10) * ||s||^2`` added, so SI-SDR < clamp_db smoothly.
+        backend: ``"auto"`` (triton/cuda on GPU, cpp on CPU, falling back to torch),
+            ``"torch"``, ``"cpp"``, ``"triton"``, ``"cuda"``, or ``"reference"``
+            (textbook autograd over T, the float64 oracle).
+        score_fn: extra score term computed from the detached item losses.
+        process_group: normalise the pmf over all ranks of this group and scale the
+            loss by the world size, so DDP's gradient averaging yields the global update.
+        check_finite: raise ``ValueError`` on NaN/inf inputs (one host sync; skipped
+            while compiling, where non-finite items are masked out instead).
+
+    Items with a silent (zero-energy after centring) reference or estimate, or a
+    silent mixture, are masked: they report SI-SDR 0, weight 0 and get zero gradient.
+
+    Returns:
+        ``WeightedSISDRResult(loss, sisdr, sisdri, weights, perm, mask)``; float
+        tensors are float64 for float64 inputs and float32 otherwise.
+    """
+    est, ref, mixture = _check_inputs(est, ref, mixture, granularity, check_finite)
+    batch, n_src = est.shape[0], est.shape[1]
+    if pit and n_src > MAX_PIT_SOURCES:
+        raise ValueError(f"PIT over C={n_src} sources is not supported (exhaustive search "
+                         f"handles C <= {MAX_PIT_SOURCES}); pass pit=False or fewer sources")
+    out_dtype = torch.float64 if est.dtype == torch.float64 else torch.float32
+
+    if backend == "reference":
+        pair, pair_valid = pairwise_sisdr(est.double(), ref.double(), zero_mean=zero_mean,
+                                          eps=eps, clamp_db=clamp_db)
+        mix_sisdr = mix_valid = None
+        if mixture is not None:
+            m, m_valid = pairwise_sisdr(mixture.double().detach(), ref.double().detach(),
+                                        zero_mean=zero_mean, eps=eps)
+            mix_sisdr, mix_valid = m[:, 0], m_valid[:, 0]
+    else:
+        name = backends.resolve(backend, est.device.type)
+        _, _, sxy, sxx, syy = sufficient_stats(est, ref, zero_mean, name)
+        pair, pair_valid = sisdr_from_stats(sxy, sxx, syy, eps=eps, clamp_db=clamp_db)
+        mix_sisdr = mix_valid = None
+        if mixture is not None:
+            with torch.no_grad():
+                _, _, mxy, mxx, myy = sufficient_stats(mixture, ref.detach(), zero_mean, name)
+                m, m_valid = sisdr_from_stats(mxy, mxx, myy, eps=eps)
+            mix_sisdr, mix_valid = m[:, 0], m_valid[:, 0]
+
+    perm = pit_best_perm(pair, pair_valid) if pit else _identity_perm(batch, n_src, est.device)
+    sisdr = pair.gather(1, perm.unsqueeze(1)).squeeze(1)              # (B, C)
+    valid = pair_valid.gather(1, perm.unsqueeze(1)).squeeze(1)
+    sisdri = None
+    if mix_sisdr is not None:
+        valid = valid & mix_valid
+        sisdri = torch.where(valid, sisdr - mix_sisdr, torch.zeros_like(sisdr))
+    if mask is not None and granularity == "source":
+        valid = valid & mask.to(torch.bool).expand(batch, n_src)
+    sisdr = torch.where(valid, sisdr, torch.zeros_like(sisdr))
+
+    item_loss = -(sisdri if sisdri is not None else sisdr)
+    item_valid = valid
+    if granularity == "example":
+        count = valid.sum(1)
+        item_loss = item_loss.sum(1) / count.clamp(min=1)
+        item_valid = count > 0
+        if mask is not None:
+            item_valid = item_valid & mask.to(torch.bool).reshape(-1).expand(batch)
+    score = _score(item_loss.detach(), alpha, bias, score_fn)
+    weights = softmax_pmf(score, item_valid, process_group)
+    loss = (weights * item_loss).sum() * world_size(process_group)
+
+    return WeightedSISDRResult(
+        loss=loss.to(out_dtype),
+        sisdr=sisdr.to(out_dtype),
+        sisdri=None if sisdri is None else sisdri.to(out_dtype),
+        weights=weights.to(out_dtype),
+        perm=perm,
+        mask=valid if granularity == "source" else valid & item_valid.unsqueeze(1),
+    )
+
+
+def sisdr_from_stats(sxy: Tensor, sxx: Tensor, syy: Tensor, *, eps: float = 1e-10,
+                     clamp_db: Optional[float] = None) -> tuple[Tensor, Tensor]:
+    """SI-SDR matrix (B, Cx, Cy) in dB from the sufficient statistics, and its validity mask.
+
+    ``rho2 = sxy^2 / (sxx syy)`` is the squared correlation; SI-SDR =
+    10 log10((rho2 + eps) / (1 - rho2 + eps [+ tau (rho2 + eps)])). Computing
+    ``1 - rho2`` as ``(sxx syy - sxy^2) / (sxx syy)`` in float64 keeps about 100 dB
+    of range; it is clamped at 0 against rounding.
+    """
+    energy = sxx.unsqueeze(2) * syy.unsqueeze(1)                       # (B, Cx, Cy)
+    valid = (sxx.unsqueeze(2) > 0) & (syy.unsqueeze(1) > 0) & torch.isfinite(energy) \
+        & torch.isfinite(sxy)
+    safe_energy = torch.where(valid, energy, torch.ones_like(energy))
+    safe_sxy = torch.where(valid, sxy, torch.zeros_like(sxy))
+    rho2 = safe_sxy * safe_sxy / safe_energy
+    residual = torch.clamp((safe_energy - safe_sxy * safe_sxy) / safe_energy, min=0.0)
+    num = rho2 + eps
+    den = residual + eps
+    if clamp_db is not None:
+        den = den + 10.0 ** (-clamp_db / 10.0) * num
+    sisdr = 10.0 * torch.log10(num / den)
+    return torch.where(valid, sisdr, torch.zeros_like(sisdr)), valid
+
+
+_PERM_CACHE: dict = {}
+
+
+def permutation_table(n_src: int, device: torch.device) -> Tensor:
+    """All n_src! permutations as a (P, n_src) int64 tensor on ``device`` (cached)."""
+    if torch.compiler.is_compiling():
+        return torch.tensor(list(itertools.permutations(range(n_src))), dtype=torch.long,
+                            device=device)
+    key = (n_src, str(device))
+    if key not in _PERM_CACHE:
+        _PERM_CACHE[key] = torch.tensor(list(itertools.permutations(range(n_src))),
+                                        dtype=torch.long, device=device)
+    return _PERM_CACHE[key]
+
+
+def pit_best_perm(pair: Tensor, valid: Optional[Tensor] = None) -> Tensor:
+    """Exhaustive PIT on a (B, C, C) score matrix ``pair[b, i, j]`` (estimate i, reference j).
+
+    Returns ``perm`` (B, C) int64 with ``perm[b, j]`` the estimate for reference j that
+    maximises ``sum_j pair[b, perm[b, j], j]``; invalid entries count as 0. All on the
+    device, no host sync (ties resolve to the first permutation in lexicographic order).
+    """
+    batch, n_src = pair.shape[0], pair.shape[1]
+    scores = pair.detach()
+    if valid is not None:
+        scores = torch.where(valid, scores, torch.zeros_like(scores))
+    table = permutation_table(n_src, pair.device)                      # (P, C)
+    cols = torch.arange(n_src, device=pair.device)
+    flat_index = (table * n_src + cols).reshape(-1)                     # row-major (i, j)
+    per_perm = scores.reshape(batch, n_src * n_src)[:, flat_index]
+    total = per_perm.reshape(batch, -1, n_src).sum(-1)                  # (B, P)
+    return table[total.argmax(dim=1)]
+
+
+def _identity_perm(batch: int, n_src: int, device) -> Tensor:
+    return torch.arange(n_src, device=device).expand(batch, n_src).contiguous()
+
+
+def _score(loss: Tensor, alpha, bias, score_fn) -> Tensor:
+    score = loss * alpha if not (isinstance(alpha, (int, float)) and alpha == 0) \
+        else torch.zeros_like(loss)
+    if bias is not None:
+        score = score + bias.to(device=loss.device, dtype=loss.dtype).expand_as(loss)
+    if score_fn is not None:
+        score = score + score_fn(loss).to(device=loss.device, dtype=loss.dtype).expand_as(loss)
+    return score
+
+
+def _check_inputs(est, ref, mixture, granularity, check_finite):
+    if granularity not in ("source", "example"):
+        raise ValueError(f"granularity must be 'source' or 'example', got {granularity!r}")
+    for name, t in (("est", est), ("ref", ref)):
+        if not isinstance(t, Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 3:
+            raise ValueError(f"{name} must have shape (batch, sources, time), got {tuple(t.shape)}")
+        if t.dtype not in _FLOAT_DTYPES:
+            raise ValueError(f"{name} must be float16/bfloat16/float32/float64, got {t.dtype}")
+    if est.shape != ref.shape:
+        raise ValueError(f"est and ref must have the same shape (batch, sources, time), "
+                         f"got {tuple(est.shape)} and {tuple(ref.shape)}")
+    if min(est.shape) < 1:
+        raise ValueError(f"est has an empty dimension: {tuple(est.shape)}")
+    if est.device != ref.device:
+        raise ValueError(f"est and ref must be on the same device, got {est.device} and {ref.device}")
+    if mixture is not None:
+        if not isinstance(mixture, Tensor) or mixture.dtype not in _FLOAT_DTYPES:
+            raise ValueError("mixture must be a floating-point torch.Tensor")
+        if mixture.dim() == 2:
+            mixture = mixture.unsqueeze(1)
+        if mixture.dim() != 3 or mixture.shape[1] != 1 or mixture.shape[0] != est.shape[0] \
+                or mixture.shape[2] != est.shape[2]:
+            raise ValueError(f"mixture must have shape ({est.shape[0]}, {est.shape[2]}) or "
+                             f"({est.shape[0]}, 1, {est.shape[2]}), got {tuple(mixture.shape)}")
+        if mixture.device != est.device:
+            raise ValueError(f"mixture must be on {est.device}, got {mixture.device}")
+    if check_finite and not torch.compiler.is_compiling():
+        for name, t in (("est", est), ("ref", ref), ("mixture", mixture)):
+            if t is not None and not bool(torch.isfinite(t).all()):
+                raise ValueError(f"{name} contains NaN or inf values")
+    common = torch.promote_types(est.dtype, ref.dtype)
+    if mixture is not None:
+        mixture = mixture.to(common)
+    return est.to(common), ref.to(common), mixture

@@ -1,0 +1,52 @@
+"""``WeightedSISDRLoss``: the ``nn.Module`` form of ``weighted_sisdr`` with a weighting scheme."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from .api import WeightedSISDRResult, weighted_sisdr
+from .weighting import Uniform, Weighting
+
+
+class WeightedSISDRLoss(nn.Module):
+    """Negative PIT SI-SDR(i) with unified gradient reweighting.
+
+    Example::
+
+        criterion = WeightedSISDRLoss(Robust(alpha=0.1))
+        loss = criterion(est, ref, mixture=mix, step=step)      # est, ref: (B, C, T)
+        loss.backward()
+
+        criterion = WeightedSISDRLoss(Curriculum(Linear(-0.2, 0.0, 20_000)))
+        criterion = WeightedSISDRLoss(ClassBias({"speech": 3.0}, class_names=["speech", "env"]))
+        result = criterion(est, ref, labels=labels, return_result=True)  # all per-item outputs
+
+    Args:
+        weighting: a scheme from ``ugr_kernels.weighting`` (default ``Uniform()``).
+        **options: forwarded to ``weighted_sisdr`` (``granularity``, ``pit``,
+            ``zero_mean``, ``eps``, ``clamp_db``, ``backend``, ``process_group``, ...).
+    """
+
+    def __init__(self, weighting: Optional[Weighting] = None, **options):
+        super().__init__()
+        self.weighting = weighting if weighting is not None else Uniform()
+        self.options = options
+
+    def forward(self, est: Tensor, ref: Tensor, mixture: Optional[Tensor] = None, *,
+                step: int = 0, epoch: int = 0, labels: Optional[Tensor] = None,
+                mask: Optional[Tensor] = None, return_result: bool = False):
+        """est, ref: (B, C, T); labels: class indices shaped like the items ((B, C) or (B,)).
+
+        Returns the scalar loss, or the full ``WeightedSISDRResult`` with ``return_result``.
+        """
+        terms = self.weighting.terms(step=step, epoch=epoch, labels=labels)
+        result: WeightedSISDRResult = weighted_sisdr(
+            est, ref, mixture=mixture, alpha=terms.alpha, bias=terms.bias, mask=mask,
+            score_fn=terms.score_fn(), **self.options)
+        return result if return_result else result.loss
+
+    def extra_repr(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        return f"weighting={self.weighting!r}" + (f", {opts}" if opts else "")
