@@ -62,7 +62,7 @@ def weighted_sisdr(
     granularity: str = "source",
     pit: bool = True,
     zero_mean: bool = True,
-    eps: float = 1e-10,
+    eps: float = 1e-12,
     clamp_db: Optional[float] = None,
     backend: str = "auto",
     score_fn: Optional[Callable[[Tensor], Tensor]] = None,
@@ -78,7 +78,7 @@ def weighted_sisdr(
             {\|x\|^2\|y\|^2 - \langle x,y\rangle^2 + \epsilon\|x\|^2\|y\|^2}
 
     which equals the textbook ``10 log10(||s||^2 / ||e||^2)`` with ``s = <x,y>/||y||^2 y``,
-    ``e = x - s`` up to the relative ``eps`` (bounds the value to about +-100 dB
+    ``e = x - s`` up to the relative ``eps`` (bounds the value to about +-120 dB
     for the default, independent of amplitude). PIT picks per example the
     permutation maximising the mean SI-SDR over sources (exhaustive, C <= 6).
     The item loss is ``L = -SI-SDR`` (``-SI-SDRi`` when a mixture is given), the
@@ -185,14 +185,14 @@ def weighted_sisdr(
     )
 
 
-def sisdr_from_stats(sxy: Tensor, sxx: Tensor, syy: Tensor, *, eps: float = 1e-10,
+def sisdr_from_stats(sxy: Tensor, sxx: Tensor, syy: Tensor, *, eps: float = 1e-12,
                      clamp_db: Optional[float] = None) -> tuple[Tensor, Tensor]:
     """SI-SDR matrix (B, Cx, Cy) in dB from the sufficient statistics, and its validity mask.
 
     ``rho2 = sxy^2 / (sxx syy)`` is the squared correlation; SI-SDR =
     10 log10((rho2 + eps) / (1 - rho2 + eps [+ tau (rho2 + eps)])). Computing
     ``1 - rho2`` as ``(sxx syy - sxy^2) / (sxx syy)`` in float64 keeps about 100 dB
-    of range; it is clamped at 0 against rounding.
+    of range (with float64 statistics); it is clamped at 0 against rounding.
     """
     energy = sxx.unsqueeze(2) * syy.unsqueeze(1)                       # (B, Cx, Cy)
     valid = (sxx.unsqueeze(2) > 0) & (syy.unsqueeze(1) > 0) & torch.isfinite(energy) \

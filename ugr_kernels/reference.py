@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 
-def pairwise_sisdr(est: Tensor, ref: Tensor, *, zero_mean: bool = True, eps: float = 1e-10,
+def pairwise_sisdr(est: Tensor, ref: Tensor, *, zero_mean: bool = True, eps: float = 1e-12,
                    clamp_db: Optional[float] = None) -> tuple[Tensor, Tensor]:
     r"""SI-SDR of every estimate against every reference.
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+import torch
+
 BACKENDS = ("torch", "cpp", "triton", "cuda")
 
 _MODULES = {
@@ -47,8 +49,12 @@ def is_available(name: str, device_type: str) -> bool:
     return bool(module.is_available(device_type))
 
 
+@torch.compiler.assume_constant_result
 def resolve(name: str, device_type: str) -> str:
-    """Map ``"auto"`` to the fastest available backend for the device."""
+    """Map ``"auto"`` to the fastest available backend for the device.
+
+    Evaluated once at trace time under ``torch.compile`` (a constant of the graph).
+    """
     if name != "auto":
         if name not in _MODULES:
             raise ValueError(f"unknown backend {name!r}; expected 'auto' or one of {BACKENDS}")

@@ -1,0 +1,21 @@
+"""Separation models.  Knows nothing of losses or data."""
+
+from .norms import GlobalLayerNorm
+from .sudormrf import (
+    MODEL_CONFIGS,
+    VARIANTS,
+    SuDORMRF,
+    UConvBlock,
+    build_model,
+    count_parameters,
+)
+
+__all__ = [
+    "MODEL_CONFIGS",
+    "VARIANTS",
+    "GlobalLayerNorm",
+    "SuDORMRF",
+    "UConvBlock",
+    "build_model",
+    "count_parameters",
+]
