@@ -305,7 +305,7 @@ class Trainer:
             self.optimizer.step()
             valid = result.mask
             sisdri = float(result.sisdri.detach()[valid].mean()) if valid.any() else float("nan")
-            return float(result.loss) / self.dist.world_size, sisdri
+            return float(result.loss.detach()) / self.dist.world_size, sisdri
         self.non_finite_steps += 1
         self.optimizer.zero_grad(set_to_none=True)
         if self.main:
