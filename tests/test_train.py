@@ -1,4 +1,5 @@
 """The trainer: CLI, a default run, exact resume, DDP equivalence, real audio, bad input."""
+import importlib.util
 import json
 import os
 import socket
@@ -63,6 +64,12 @@ def test_default_synthetic_run_writes_metrics_and_results(tmp_path):
     res = json.loads((run_dir / "results.json").read_text())
     assert set(res["test"]) >= {"mean", "std", "p1", "p50", "p99"}
     assert out["items"] == res["items"] > 0
+
+    from train import report
+    report.main([str(run_dir), "--out", str(tmp_path / "plots")])
+    if importlib.util.find_spec("matplotlib"):
+        assert (tmp_path / "plots" / "sisdri_hist.png").stat().st_size > 1000
+        assert (tmp_path / "plots" / "val_curves.png").exists()
 
 
 def test_resume_continues_exactly(tmp_path):

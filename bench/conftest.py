@@ -1,0 +1,7 @@
+"""Benchmarks run from the repository root: ``pytest bench/ --benchmark-only``."""
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
