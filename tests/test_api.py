@@ -304,6 +304,15 @@ def test_non_finite_input_names_the_argument(name):
         uk.weighted_sisdr(t["est"], t["ref"], mixture=t["mixture"])
 
 
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_unchecked_non_finite_items_are_masked_not_propagated(backend):
+    est, ref, mix = mixed_batch(3, 2, 100, seed=3)
+    est[1, 0, 5] = float("nan")
+    out = uk.weighted_sisdr(est, ref, mixture=mix, alpha=0.2, check_finite=False, backend=backend)
+    assert torch.isfinite(out.loss) and torch.isfinite(out.weights).all()
+    assert not out.mask[1, (out.perm[1] == 0)].any() and out.mask[0].all() and out.mask[2].all()
+
+
 def test_unknown_or_unavailable_backend():
     with pytest.raises(ValueError, match="unknown backend"):
         uk.weighted_sisdr(torch.randn(1, 1, 5), torch.randn(1, 1, 5), backend="fortran")
@@ -322,7 +331,13 @@ def test_fuzz_fast_path_matches_reference(b, c, t, log_scale, dtype, seed):
     got = uk.weighted_sisdr(est, ref, alpha=0.1)
     want = uk.weighted_sisdr(est.double(), ref.double(), alpha=0.1, backend="reference")
     assert torch.isfinite(got.loss)
-    # float64 differs only by rounding, largest where rho^2 -> 1 (e.g. T = 2).
+    # float64 differs only by rounding. Near the +-120 dB bound (rho^2 -> 1, e.g. T = 2,
+    # where any two centred signals are collinear) 1 - rho^2 ~ 1e-16 is pure rounding
+    # against eps = 1e-12, so there only agreement to 0.01 dB is meaningful.
     tol = 1e-6 if dtype == torch.float64 else 2e-3
-    torch.testing.assert_close(got.sisdr.double(), want.sisdr, rtol=tol, atol=tol)
+    saturated = want.sisdr.abs() > 100
+    torch.testing.assert_close(got.sisdr.double()[~saturated], want.sisdr[~saturated],
+                               rtol=tol, atol=tol)
+    torch.testing.assert_close(got.sisdr.double()[saturated], want.sisdr[saturated],
+                               rtol=0, atol=0.01)
     torch.testing.assert_close(got.mask, want.mask)

@@ -116,8 +116,11 @@ def weighted_sisdr(
         score_fn: extra score term computed from the detached item losses.
         process_group: normalise the pmf over all ranks of this group and scale the
             loss by the world size, so DDP's gradient averaging yields the global update.
-        check_finite: raise ``ValueError`` on NaN/inf inputs (one host sync; skipped
-            while compiling, where non-finite items are masked out instead).
+        check_finite: raise ``ValueError`` on NaN/inf inputs. The fast backends check
+            their float64 statistics (a NaN/inf anywhere in a signal makes its mean and
+            energy non-finite), which costs one host sync on (B, C) tensors instead of
+            extra passes over T. Skipped while compiling, where non-finite items are
+            masked out of the pmf instead; pass False for CUDA-graph capture.
 
     Items with a silent (zero-energy after centring) reference or estimate, or a
     silent mixture, are masked: they report SI-SDR 0, weight 0 and get zero gradient.
@@ -126,7 +129,8 @@ def weighted_sisdr(
         ``WeightedSISDRResult(loss, sisdr, sisdri, weights, perm, mask)``; float
         tensors are float64 for float64 inputs and float32 otherwise.
     """
-    est, ref, mixture = _check_inputs(est, ref, mixture, granularity, check_finite)
+    check = check_finite and not torch.compiler.is_compiling()
+    est, ref, mixture = _check_inputs(est, ref, mixture, granularity)
     batch, n_src = est.shape[0], est.shape[1]
     if pit and n_src > MAX_PIT_SOURCES:
         raise ValueError(f"PIT over C={n_src} sources is not supported (exhaustive search "
@@ -134,6 +138,10 @@ def weighted_sisdr(
     out_dtype = torch.float64 if est.dtype == torch.float64 else torch.float32
 
     if backend == "reference":
+        if check:
+            for name, t in (("est", est), ("ref", ref), ("mixture", mixture)):
+                if t is not None and not bool(torch.isfinite(t).all()):
+                    raise _non_finite(name)
         pair, pair_valid = pairwise_sisdr(est.double(), ref.double(), zero_mean=zero_mean,
                                           eps=eps, clamp_db=clamp_db)
         mix_sisdr = mix_valid = None
@@ -143,13 +151,17 @@ def weighted_sisdr(
             mix_sisdr, mix_valid = m[:, 0], m_valid[:, 0]
     else:
         name = backends.resolve(backend, est.device.type)
-        _, _, sxy, sxx, syy = sufficient_stats(est, ref, zero_mean, name)
+        mx, my, sxy, sxx, syy = sufficient_stats(est, ref, zero_mean, name)
+        if check:
+            _raise_if_non_finite(("est", mx, sxx), ("ref", my, syy))
         pair, pair_valid = sisdr_from_stats(sxy, sxx, syy, eps=eps, clamp_db=clamp_db)
         mix_sisdr = mix_valid = None
         if mixture is not None:
             with torch.no_grad():
-                _, _, mxy, mxx, myy = sufficient_stats(mixture, ref.detach(), zero_mean, name)
+                mm, _, mxy, mxx, myy = sufficient_stats(mixture, ref.detach(), zero_mean, name)
                 m, m_valid = sisdr_from_stats(mxy, mxx, myy, eps=eps)
+            if check:
+                _raise_if_non_finite(("mixture", mm, mxx))
             mix_sisdr, mix_valid = m[:, 0], m_valid[:, 0]
 
     perm = pit_best_perm(pair, pair_valid) if pit else _identity_perm(batch, n_src, est.device)
@@ -257,7 +269,21 @@ def _score(loss: Tensor, alpha, bias, score_fn) -> Tensor:
     return score
 
 
-def _check_inputs(est, ref, mixture, granularity, check_finite):
+def _non_finite(name: str) -> ValueError:
+    return ValueError(f"{name} contains NaN or inf values")
+
+
+def _raise_if_non_finite(*named_stats) -> None:
+    """One host sync: are the means and energies of each named signal finite?"""
+    flags = torch.stack([torch.isfinite(m).all() & torch.isfinite(e).all()
+                         for _, m, e in named_stats]).cpu()
+    for (name, _, _), ok in zip(named_stats, flags.tolist()):
+        if not ok:
+            raise ValueError(f"{name} contains NaN or inf values (or float64 values too large "
+                             f"to square)")
+
+
+def _check_inputs(est, ref, mixture, granularity):
     if granularity not in ("source", "example"):
         raise ValueError(f"granularity must be 'source' or 'example', got {granularity!r}")
     for name, t in (("est", est), ("ref", ref)):
@@ -285,10 +311,6 @@ def _check_inputs(est, ref, mixture, granularity, check_finite):
                              f"({est.shape[0]}, 1, {est.shape[2]}), got {tuple(mixture.shape)}")
         if mixture.device != est.device:
             raise ValueError(f"mixture must be on {est.device}, got {mixture.device}")
-    if check_finite and not torch.compiler.is_compiling():
-        for name, t in (("est", est), ("ref", ref), ("mixture", mixture)):
-            if t is not None and not bool(torch.isfinite(t).all()):
-                raise ValueError(f"{name} contains NaN or inf values")
     common = torch.promote_types(est.dtype, ref.dtype)
     if mixture is not None:
         mixture = mixture.to(common)

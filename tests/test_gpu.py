@@ -1,0 +1,234 @@
+"""GPU checks: the GPU backends agree at training sizes, repeat bitwise, and work
+under ``torch.compile(fullgraph=True)`` and CUDA-graph capture.
+
+Every test is skipped without a CUDA device (run ``bench/gpu_check.sh`` on a GPU
+machine).
+"""
+import copy
+
+import pytest
+import torch
+
+import ugr_kernels as uk
+from ugr_kernels import backends
+from ugr_kernels.backends import torch_backend
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(),
+                                 reason="needs a CUDA device (torch.cuda.is_available() is False)")]
+
+
+def _cuda_extension_ready() -> bool:
+    """The compiled extension with its CUDA kernels (``_C.has_cuda()``) is usable."""
+    return backends.is_available("cuda", "cuda")
+
+
+def _gpu_backends():
+    names = []
+    if torch.cuda.is_available() and backends.is_available("triton", "cuda"):
+        names.append("triton")
+    if torch.cuda.is_available() and _cuda_extension_ready():
+        names.append("cuda")
+    names.append("torch")
+    return names
+
+
+GPU_BACKENDS = _gpu_backends()
+SHAPES = [(16, 2, 32000), (4, 4, 64000)]
+SHAPE_IDS = [f"B{b}-C{c}-T{t}" for b, c, t in SHAPES]
+
+
+def test_cuda_backend_is_built():
+    # Visible in the report: without it the cuda backend is left out of every test here.
+    if not _cuda_extension_ready():
+        pytest.skip("the cuda backend is unavailable: ugr_kernels._C was not built with CUDA "
+                    "(pip install --no-build-isolation -e . on a machine with nvcc)")
+    assert "cuda" in GPU_BACKENDS
+
+
+def _batch(b, c, t, dtype=torch.float32, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    ref = torch.randn(b, c, t, device="cuda", generator=g)
+    noise = torch.randn(b, c, t, device="cuda", generator=g)
+    # SI-SDR from ~30 dB down to ~-10 dB: fp32 tile sums are good to ~1e-4 dB at 30 dB
+    # (the error grows like 1 / (1 - rho^2), ~0.04 dB at 60 dB).
+    level = torch.logspace(-1.5, 0.5, b, device="cuda").view(b, 1, 1)
+    est = ref.roll(1, dims=1) + level * noise + 0.05                     # permuted, DC offset
+    mix = ref.sum(1)
+    return est.to(dtype), ref.to(dtype), mix.to(dtype)
+
+
+def _rel_err(got, want, scale):
+    return ((got.double() - want.double()).abs() / scale).max().item()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_stats_and_combine_match_float64(backend, shape, dtype):
+    est, ref, _ = _batch(*shape, dtype=dtype)
+    mod = backends.get_backend(backend)
+    for zero_mean in (True, False):
+        got = mod.stats(est, ref, zero_mean)
+        want = torch_backend.stats(est, ref, zero_mean)                # same values, float64
+        mx, my, sxy, sxx, syy = got
+        wmx, wmy, wsxy, wsxx, wsyy = want
+        assert all(t.dtype == torch.float64 and t.is_cuda for t in got)
+        assert _rel_err(sxx, wsxx, wsxx.abs()) < 1e-5
+        assert _rel_err(syy, wsyy, wsyy.abs()) < 1e-5
+        scale = (wsxx.unsqueeze(2) * wsyy.unsqueeze(1)).sqrt()
+        assert _rel_err(sxy, wsxy, scale) < 1e-5
+        n = shape[2]
+        assert _rel_err(mx, wmx, wmx.abs() + (wsxx / n).sqrt()) < 1e-5
+        assert _rel_err(my, wmy, wmy.abs() + (wsyy / n).sqrt()) < 1e-5
+    b, c, _ = shape
+    g = torch.Generator(device="cuda").manual_seed(1)
+    coef_g = torch.randn(b, c, c, device="cuda", dtype=torch.float64, generator=g)
+    coef_h = torch.randn(b, c, device="cuda", dtype=torch.float64, generator=g)
+    out = mod.combine(est, ref, wmx, wmy, coef_g, coef_h)
+    assert out.dtype == est.dtype and out.shape == est.shape
+    want = torch_backend.combine(est.double(), ref.double(), wmx, wmy, coef_g, coef_h)
+    xc, yc = est.double() - wmx.unsqueeze(-1), ref.double() - wmy.unsqueeze(-1)
+    scale = torch.bmm(coef_g.abs(), yc.abs()) + coef_h.abs().unsqueeze(-1) * xc.abs()
+    tol = 1e-5 if dtype == torch.float32 else 2.0 ** -8                # one bf16 rounding
+    assert _rel_err(out, want, scale + 1e-30) < tol
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_weighted_sisdr_matches_float64_reference(backend, shape):
+    est0, ref, mix = _batch(*shape)
+    bias = torch.linspace(-1, 1, shape[0], device="cuda").unsqueeze(1)
+    out, grads = {}, {}
+    for name in (backend, "reference"):
+        est = est0.clone().requires_grad_(True)
+        res = uk.weighted_sisdr(est, ref, mixture=mix, alpha=0.1, bias=bias, backend=name)
+        res.loss.backward()
+        out[name], grads[name] = res, est.grad
+    got, want = out[backend], out["reference"]
+    torch.testing.assert_close(got.loss, want.loss, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(got.sisdr, want.sisdr, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(got.sisdri, want.sisdri, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(got.weights, want.weights, rtol=1e-4, atol=1e-6)
+    assert torch.equal(got.perm, want.perm)
+    scale = grads["reference"].abs().max()
+    assert ((grads[backend] - grads["reference"]).abs() <= 1e-4 * scale).all()
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+def test_gpu_backends_agree_with_each_other(shape):
+    est0, ref, mix = _batch(*shape, seed=2)
+    results = {}
+    for name in GPU_BACKENDS:
+        est = est0.clone().requires_grad_(True)
+        res = uk.weighted_sisdr(est, ref, mixture=mix, alpha=0.1, backend=name)
+        res.loss.backward()
+        results[name] = (res, est.grad)
+    base_res, base_grad = results["torch"]
+    for name, (res, grad) in results.items():
+        torch.testing.assert_close(res.loss, base_res.loss, rtol=1e-5, atol=1e-4, msg=name)
+        torch.testing.assert_close(res.sisdri, base_res.sisdri, rtol=1e-5, atol=1e-3, msg=name)
+        assert ((grad - base_grad).abs() <= 1e-4 * base_grad.abs().max()).all(), name
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_bitwise_deterministic(backend):
+    est0, ref, mix = _batch(16, 2, 32000, seed=3)
+    runs = []
+    for _ in range(2):
+        est = est0.clone().requires_grad_(True)
+        res = uk.weighted_sisdr(est, ref, mixture=mix, alpha=0.1, backend=backend)
+        res.loss.backward()
+        stats = backends.get_backend(backend).stats(est0, ref, True)
+        runs.append((res.loss.detach(), res.sisdri, res.weights, est.grad, *stats))
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+class _TinySeparator(torch.nn.Module):
+    def __init__(self, n_src=2):
+        super().__init__()
+        self.n_src = n_src
+        self.enc = torch.nn.Conv1d(1, 16, 9, padding=4)
+        self.dec = torch.nn.Conv1d(16, n_src, 9, padding=4)
+
+    def forward(self, mix):
+        return self.dec(torch.relu(self.enc(mix.unsqueeze(1))))
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_compiled_train_step_matches_eager(backend):
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model_e = _TinySeparator().cuda()
+    model_c = copy.deepcopy(model_e)
+    opt_e = torch.optim.SGD(model_e.parameters(), lr=1e-3)
+    opt_c = torch.optim.SGD(model_c.parameters(), lr=1e-3)
+    _, ref, mix = _batch(8, 2, 8000, seed=4)
+    alpha = torch.tensor(0.1, device="cuda")
+
+    def loss_fn(model, m, r, a):
+        out = uk.weighted_sisdr(model(m), r, mixture=m, alpha=a, backend=backend)
+        return out.loss, out.weights
+
+    compiled = torch.compile(loss_fn, fullgraph=True)
+    for step in range(3):
+        for model, opt, fn in ((model_e, opt_e, loss_fn), (model_c, opt_c, compiled)):
+            opt.zero_grad(set_to_none=True)
+            loss, weights = fn(model, mix, ref, alpha)
+            loss.backward()
+            opt.step()
+            if fn is loss_fn:
+                loss_e, w_e = loss.detach(), weights
+            else:
+                loss_c, w_c = loss.detach(), weights
+        torch.testing.assert_close(loss_c, loss_e, rtol=1e-4, atol=1e-5, msg=f"step {step}")
+        torch.testing.assert_close(w_c, w_e, rtol=1e-4, atol=1e-6)
+    for p_e, p_c in zip(model_e.parameters(), model_c.parameters()):
+        torch.testing.assert_close(p_c, p_e, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_cuda_graph_capture_matches_eager(backend):
+    b, c, t = 8, 2, 16000
+    est_static = torch.zeros(b, c, t, device="cuda", requires_grad=True)
+    ref_static = torch.zeros(b, c, t, device="cuda")
+    mix_static = torch.zeros(b, t, device="cuda")
+
+    def step():
+        out = uk.weighted_sisdr(est_static, ref_static, mixture=mix_static, alpha=0.1,
+                                backend=backend, check_finite=False)
+        (grad,) = torch.autograd.grad(out.loss, est_static)
+        return out.loss, out.sisdri, grad
+
+    def load(seed):
+        est, ref, mix = _batch(b, c, t, seed=seed)
+        with torch.no_grad():
+            est_static.copy_(est)
+            ref_static.copy_(ref)
+            mix_static.copy_(mix)
+        return est, ref, mix
+
+    load(10)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):                       # warm up: compile, autotune, caches
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_loss, static_sisdri, static_grad = step()
+
+    for seed in (11, 12):
+        est, ref, mix = load(seed)
+        graph.replay()
+        torch.cuda.synchronize()
+        est_e = est.clone().requires_grad_(True)
+        out = uk.weighted_sisdr(est_e, ref, mixture=mix, alpha=0.1, backend=backend)
+        (grad_e,) = torch.autograd.grad(out.loss, est_e)
+        torch.testing.assert_close(static_loss, out.loss, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(static_sisdri, out.sisdri, rtol=1e-5, atol=1e-5)
+        grad_tol = 1e-4 * grad_e.abs().max().item()
+        torch.testing.assert_close(static_grad, grad_e, rtol=1e-4, atol=grad_tol)

@@ -1,0 +1,215 @@
+"""Triton backend: the two T-sized passes as Triton kernels (``kernels.py``).
+
+``stats``: kernel 1 (grid ``(B, n_tiles)``) writes per-tile means and centred sums
+(fp32 accumulation, fp64 for fp64 inputs) to a float64 partials buffer; kernel 2
+(grid ``(B,)``) merges them in float64 in a fixed order, so results are bitwise
+repeatable. ``combine``: one elementwise-in-T kernel. No host synchronisation:
+both are safe under CUDA-graph capture and run as opaque custom ops under
+``torch.compile``.
+
+Tile size: ``BLOCK_T`` below (or the environment variable ``UGR_TRITON_BLOCK_T``,
+read at each call) overrides the default, 1024. It must be a power of two; tests
+use small tiles to exercise the tile merge cheaply under the interpreter. On a GPU
+the stats kernel runs with a fixed tile per launch (its partials depend on it) and
+the combine kernel is autotuned over tile size and warps (its output is bitwise
+independent of the configuration); autotuning benchmarks, and so synchronises,
+on the first call for a new (Cx, Cy, T), so while a CUDA graph is being captured
+a fixed configuration is launched instead (warm up before capturing). On CPU tensors the kernels run through the
+Triton interpreter, which needs ``TRITON_INTERPRET=1`` set before this backend's
+first call.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+
+import torch
+
+#: Override of the T-tile of both kernels (a power of two); None: the default.
+BLOCK_T = None
+_DEFAULT_BLOCK_T = 1024
+#: Warps of the stats tile kernel on a GPU (the merge kernel uses 4).
+STATS_NUM_WARPS = 4
+#: Autotuning of the combine kernel on a GPU (set False for a fixed config).
+AUTOTUNE = True
+
+_triton_ok = None
+_kernels = None
+_combine_tuned = None
+
+
+def _triton_importable() -> bool:
+    global _triton_ok
+    if _triton_ok is None:
+        try:
+            importlib.import_module("triton")
+            importlib.import_module("triton.language")
+            _triton_ok = True
+        except Exception:  # ImportError, or a broken install
+            _triton_ok = False
+    return _triton_ok
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def is_available(device_type: str) -> bool:
+    if not _triton_importable():
+        return False
+    if device_type == "cuda":
+        return torch.cuda.is_available()
+    if device_type == "cpu":
+        # The kernels are decorated once: in interpreter mode only if the switch
+        # was on when they were first imported.
+        return _interpreting() and (_kernels is None or _kernels_interpreted())
+    return False
+
+
+def _kernels_interpreted() -> bool:
+    fn = _kernels.stats_tile_kernel
+    return type(fn).__name__ == "InterpretedFunction"
+
+
+def _get_kernels():
+    global _kernels
+    if _kernels is None:
+        from . import kernels as k
+        _kernels = k
+    return _kernels
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def block_t() -> int:
+    """The T-tile in use: ``BLOCK_T``, else ``$UGR_TRITON_BLOCK_T``, else 1024."""
+    value = BLOCK_T
+    if value is None:
+        env = os.environ.get("UGR_TRITON_BLOCK_T")
+        value = int(env) if env else _DEFAULT_BLOCK_T
+    value = int(value)
+    if value < 16 or value & (value - 1):
+        raise ValueError(f"the Triton T-tile must be a power of two >= 16, got {value}")
+    return value
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+_MAX_GRID_Y = 65535   # CUDA's limit on the second grid axis (the T-tiles)
+
+
+def _check(x: torch.Tensor, y: torch.Tensor) -> None:
+    if x.dim() != 3 or y.dim() != 3:
+        raise ValueError(f"expected (B, C, T) tensors, got {tuple(x.shape)} and {tuple(y.shape)}")
+    if x.shape[0] != y.shape[0] or x.shape[2] != y.shape[2]:
+        raise ValueError(f"x {tuple(x.shape)} and y {tuple(y.shape)} differ in batch or length")
+    if x.device != y.device:
+        raise ValueError(f"x and y are on different devices: {x.device}, {y.device}")
+    if x.shape[2] == 0:
+        raise ValueError("the signals are empty (T = 0)")
+    if x.device.type == "cpu" and not _interpreting():
+        raise RuntimeError("the Triton backend runs CPU tensors only under TRITON_INTERPRET=1")
+
+
+class _device_ctx:
+    """Make x's GPU the current device for the launch (Triton uses the current one)."""
+
+    def __init__(self, device: torch.device):
+        self.ctx = torch.cuda.device(device) if device.type == "cuda" else None
+
+    def __enter__(self):
+        if self.ctx is not None:
+            self.ctx.__enter__()
+
+    def __exit__(self, *exc):
+        if self.ctx is not None:
+            self.ctx.__exit__(*exc)
+
+
+def stats(x: torch.Tensor, y: torch.Tensor, zero_mean: bool):
+    _check(x, y)
+    k = _get_kernels()
+    x, y = x.contiguous(), y.contiguous()
+    if y.dtype != x.dtype:
+        common = torch.promote_types(x.dtype, y.dtype)
+        x, y = x.to(common), y.to(common)
+    batch, cx, length = x.shape
+    cy = y.shape[1]
+    acc64 = x.dtype == torch.float64
+    tile = block_t()
+    n_tiles = _cdiv(length, tile)
+    if n_tiles > _MAX_GRID_Y:
+        raise ValueError(f"T = {length} needs {n_tiles} tiles of {tile} samples (at most "
+                         f"{_MAX_GRID_Y}); set a larger Triton T-tile (UGR_TRITON_BLOCK_T)")
+    nf = 2 * cx + 2 * cy + cx * cy
+    f64 = dict(dtype=torch.float64, device=x.device)
+    part = torch.empty((batch, nf, n_tiles), **f64)
+    mx = torch.empty((batch, cx), **f64)
+    my = torch.empty((batch, cy), **f64)
+    sxy = torch.empty((batch, cx, cy), **f64)
+    sxx = torch.empty((batch, cx), **f64)
+    syy = torch.empty((batch, cy), **f64)
+    if batch == 0:
+        return mx, my, sxy, sxx, syy
+    cxp, cyp = _next_pow2(cx), _next_pow2(cy)
+    chunk = max(2, min(128, _next_pow2(n_tiles)))
+    gpu = x.device.type == "cuda"
+    warps = dict(num_warps=STATS_NUM_WARPS) if gpu else {}
+    with _device_ctx(x.device):
+        k.stats_tile_kernel[(batch, n_tiles)](
+            x, y, part, length, n_tiles, CX=cx, CY=cy, CXP=cxp, BLOCK_T=tile,
+            ACC_F64=acc64, **warps)
+        k.stats_merge_kernel[(batch,)](
+            part, mx, my, sxy, sxx, syy, length, n_tiles, CX=cx, CY=cy, CXP=cxp, CYP=cyp,
+            BLOCK_T=tile, CHUNK=chunk, ZERO_MEAN=bool(zero_mean),
+            N_TILES_STATIC=0 if gpu else n_tiles,
+            **(dict(num_warps=4) if gpu else {}))
+    return mx, my, sxy, sxx, syy
+
+
+def _combine_configs():
+    import triton
+    return [triton.Config({"BLOCK_T": bt}, num_warps=w)
+            for bt, w in ((1024, 4), (2048, 4), (2048, 8), (4096, 8))]
+
+
+def combine(x, y, mx, my, g, h):
+    _check(x, y)
+    global _combine_tuned
+    k = _get_kernels()
+    x, y = x.contiguous(), y.contiguous()
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    batch, cx, length = x.shape
+    cy = y.shape[1]
+    if y.dtype != x.dtype:
+        y = y.to(x.dtype)
+    f64 = dict(dtype=torch.float64, device=x.device)
+    mx, my = mx.to(**f64).contiguous(), my.to(**f64).contiguous()
+    g, h = g.to(**f64).contiguous(), h.to(**f64).contiguous()
+    if batch == 0:
+        return out
+    acc64 = x.dtype == torch.float64
+    cxp = _next_pow2(cx)
+    args = (x, y, mx, my, g, h, out, length)
+    gpu = x.device.type == "cuda"
+    # Autotuning benchmarks (and synchronises), which a CUDA-graph capture forbids:
+    # while capturing, or with a tile forced by the user, run a fixed config. The
+    # output is the same to the bit either way.
+    forced = BLOCK_T is not None or os.environ.get("UGR_TRITON_BLOCK_T")
+    with _device_ctx(x.device):
+        if gpu and AUTOTUNE and not forced and not torch.cuda.is_current_stream_capturing():
+            if _combine_tuned is None:
+                _combine_tuned = k.autotuned_combine(_combine_configs())
+            grid = lambda meta: (batch, _cdiv(length, meta["BLOCK_T"]))  # noqa: E731
+            _combine_tuned[grid](*args, CX=cx, CY=cy, CXP=cxp, ACC_F64=acc64)
+        else:
+            tile = block_t()
+            k.combine_kernel[(batch, _cdiv(length, tile))](
+                *args, CX=cx, CY=cy, CXP=cxp, BLOCK_T=tile, ACC_F64=acc64,
+                **(dict(num_warps=4) if gpu else {}))
+    return out
+
