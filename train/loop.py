@@ -197,6 +197,7 @@ class Trainer:
                   f"{args.task}, weighting {self.criterion.weighting!r}, loss backend "
                   f"{self.backend}, device {self.device}, {self.dist.world_size} process(es)")
 
+        self._t0 = time.perf_counter()
         previous = signal.getsignal(signal.SIGINT)
         signal.signal(signal.SIGINT, self._on_sigint)
         try:
@@ -348,7 +349,8 @@ class Trainer:
             progress.close()
         summary = summarize(res["sisdri"])
         classes = per_class(res["sisdri"], res["labels"], self.class_names)
-        out = {"step": self.step, "test": summary, "per_class": classes,
+        out = {"step": self.step, "wall_seconds": round(time.perf_counter() - self._t0, 1),
+               "test": summary, "per_class": classes,
                "non_finite_steps": self.non_finite_steps, "items": int(res["sisdri"].size)}
         (self.run_dir / "results.json").write_text(json.dumps(out, indent=2))
         with open(self.run_dir / "test_sisdri.csv", "w", newline="") as f:

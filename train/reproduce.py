@@ -55,6 +55,7 @@ def _common(opts, seed):
 
 
 def _train(opts, sweep, name, argv):
+    """Train one run (or reuse a finished one) and load its outputs."""
     run_dir = Path(opts.runs) / sweep / name
     if (run_dir / "results.json").exists() and not opts.force:
         print(f"[{sweep}] {name}: done already ({run_dir}), reusing")
@@ -75,8 +76,9 @@ def robust(opts, out):
                      _common(opts, opts.seeds[0]) + ["--task", "env"] + w)
         runs.append(run)
         rows.append({"alpha": label, **{c: run["results"]["test"][c] for c in COLS},
+                     "train_seconds": run["results"].get("wall_seconds"),
                      **{f"paper_{c}": v for c, v in zip(COLS, PAPER_ROBUST[label])}})
-    _write(out, rows)
+    _write(out, rows, opts)
     plot(runs, out, labels=[f"alpha={a}" for a, _ in ALPHAS])
     return rows
 
@@ -94,7 +96,8 @@ def curriculum(opts, out):
             runs.append(run)
             labels.append(f"{kind} seed {seed}")
             rows.append({"kind": kind, "seed": seed, "val_curve": run["val"],
-                         "final_val": run["val"][-1][1], "test_mean": run["results"]["test"]["mean"]})
+                         "final_val": run["val"][-1][1], "test_mean": run["results"]["test"]["mean"],
+                         "train_seconds": run["results"].get("wall_seconds")})
     finals = [r["final_val"] for r in rows if r["kind"] == "uniform"]
     threshold = opts.threshold if opts.threshold is not None else 0.9 * float(np.mean(finals))
     for r in rows:
@@ -102,7 +105,7 @@ def curriculum(opts, out):
         r["threshold_db"] = threshold
         r["steps_to_threshold"] = reached[0] if reached else None
     flat = [{k: v for k, v in r.items() if k != "val_curve"} for r in rows]
-    _write(out, flat, extra={"curves": {f"{r['kind']}_seed{r['seed']}": r["val_curve"]
+    _write(out, flat, opts, extra={"curves": {f"{r['kind']}_seed{r['seed']}": r["val_curve"]
                                         for r in rows}})
     plot(runs, out, labels=labels)
     return flat
@@ -119,7 +122,8 @@ def class_bias(opts, out):
             pc = run["results"]["per_class"]
             rows.append({"gamma_speech": gs, "gamma_env": ge, "seed": seed,
                          "speech": pc["speech"]["mean"], "env": pc["env"]["mean"],
-                         "combined": run["results"]["test"]["mean"]})
+                         "combined": run["results"]["test"]["mean"],
+                         "train_seconds": run["results"].get("wall_seconds")})
     summary = []
     for gs, ge in GAMMAS:
         sel = [r for r in rows if (r["gamma_speech"], r["gamma_env"]) == (gs, ge)]
@@ -129,17 +133,18 @@ def class_bias(opts, out):
             entry[f"{k}_mean"] = float(vals.mean())
             entry[f"{k}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
         summary.append(entry)
-    _write(out, summary, extra={"per_seed": rows})
+    _write(out, summary, opts, extra={"per_seed": rows})
     return summary
 
 
-def _write(out: Path, rows, extra=None):
+def _write(out: Path, rows, opts, extra=None):
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "summary.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    (out / "summary.json").write_text(json.dumps({"rows": rows, **(extra or {})}, indent=2))
+    (out / "summary.json").write_text(json.dumps({"settings": vars(opts), "rows": rows,
+                                                  **(extra or {})}, indent=2))
     print(f"wrote {out / 'summary.csv'}")
 
 
