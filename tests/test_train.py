@@ -2,6 +2,8 @@
 import importlib.util
 import json
 import os
+import signal
+import time
 import socket
 import subprocess
 import sys
@@ -90,6 +92,29 @@ def test_resume_continues_exactly(tmp_path):
     train_b = [json.loads(l) for l in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
                if '"train"' in l]
     assert [r["loss"] for r in train_a] == [r["loss"] for r in train_b]
+
+
+def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path):
+    run_dir = tmp_path / "interrupted"
+    cmd = [sys.executable, "-m", "train", *QUICK, "--steps", "100000", "--eval-every", "0",
+           "--log-every", "1", "--checkpoint-every", "0", "--run-dir", str(run_dir)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "checkpoint saved" in out
+    step = torch.load(run_dir / "checkpoint.pt", weights_only=False)["step"]
+    assert step >= 2
+    resumed, _ = run(tmp_path, "--steps", str(step + 1), "--eval-every", "0", "--no-test",
+                     "--resume", name="interrupted")
+    resumed.run()
+    assert resumed.step == step + 1
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
