@@ -262,6 +262,23 @@ def test_combine_low_precision(isa, dtype, rtol, cx, cy, length):
                                    atol=rtol * float(want.double().abs().max()))
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("cx,cy", [(2, 2), (3, 3), (2, 5)])
+def test_combine_sparse_coefficients_as_pit_leaves_them(isa, dtype, cx, cy):
+    # Zero g_ij rows are skipped (not read); the result must not change, including a
+    # whole estimate with no active reference and a reference no estimate uses.
+    x, y = _inputs(2, cx, cy, 3 * TILE + 5, dtype, seed=cx * 7 + cy)
+    g, h = _coefficients(2, cx, cy, seed=cy)
+    g[:, :, 1:] = 0.0
+    g[1, 0, :] = 0.0
+    mx, my = x.double().mean(-1), y.double().mean(-1)
+    got = cpp.combine(x, y, mx, my, g, h)
+    want = torch_backend.combine(x, y, mx, my, g, h)
+    tol = {torch.float64: 1e-12, torch.float32: 1e-6, torch.bfloat16: 1e-2}[dtype]
+    torch.testing.assert_close(got.double(), want.double(), rtol=0,
+                               atol=tol * float(want.double().abs().max()))
+
+
 def test_combine_coefficients_broadcast_checked():
     x, y = _inputs(2, 2, 3, 100, torch.float32, seed=8)
     mx, my, *_ = torch_backend.stats(x, y, True)
