@@ -33,11 +33,17 @@ _MODULES = {
 }
 
 
+_LOADED: dict = {}
+
+
 def get_backend(name: str) -> ModuleType:
     """Import a backend module by name (``ValueError`` for unknown names)."""
-    if name not in _MODULES:
-        raise ValueError(f"unknown backend {name!r}; expected one of {BACKENDS}")
-    return importlib.import_module(_MODULES[name])
+    module = _LOADED.get(name)
+    if module is None:
+        if name not in _MODULES:
+            raise ValueError(f"unknown backend {name!r}; expected one of {BACKENDS}")
+        module = _LOADED[name] = importlib.import_module(_MODULES[name])
+    return module
 
 
 def is_available(name: str, device_type: str) -> bool:
