@@ -287,11 +287,6 @@ void combine_kernel(const T* x, const T* y, const double* mx, const double* my, 
     // 16-bit: x_i, y_j widened, and the float result, per tile.
     std::vector<float> wide(is_16bit<T> ? static_cast<size_t>((cx + cy + 1) * kCpuTile) : 0);
     std::vector<const W*> ys(static_cast<size_t>(cy));
-    // Under PIT the gradient of an estimate touches only its assigned reference, so
-    // most g_ij are exactly 0: reading only the y_j with g_ij != 0 saves a third of
-    // the backward's memory traffic for C = 2 (and more for larger C).
-    std::vector<const W*> act_y(static_cast<size_t>(cy));
-    std::vector<double> act_g(static_cast<size_t>(cy)), act_my(static_cast<size_t>(cy));
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / tiles;
       const int64_t start = (item % tiles) * kCpuTile;
@@ -299,10 +294,8 @@ void combine_kernel(const T* x, const T* y, const double* mx, const double* my, 
       for (int64_t j = 0; j < cy; ++j) {
         const T* src = y + (b * cy + j) * length + start;
         if constexpr (is_16bit<T>) {
-          bool used = false;
-          for (int64_t i = 0; i < cx; ++i) used = used || g[(b * cx + i) * cy + j] != 0.0;
           float* dst = wide.data() + j * kCpuTile;
-          if (used) widen_tile(k, src, dst, n);
+          widen_tile(k, src, dst, n);
           ys[j] = dst;
         } else {
           ys[j] = src;
@@ -312,25 +305,16 @@ void combine_kernel(const T* x, const T* y, const double* mx, const double* my, 
         const int64_t bi = b * cx + i;
         const T* xi = x + bi * length + start;
         T* oi = out + bi * length + start;
-        int64_t active = 0;
-        for (int64_t j = 0; j < cy; ++j) {
-          const double gij = g[bi * cy + j];
-          if (gij == 0.0) continue;
-          act_y[active] = ys[j];
-          act_g[active] = gij;
-          act_my[active] = my[b * cy + j];
-          ++active;
-        }
         if constexpr (is_16bit<T>) {
           float* xw = wide.data() + cy * kCpuTile;
           float* ow = xw + kCpuTile;
           widen_tile(k, xi, xw, n);
-          k.combine_f(xw, act_y.data(), act_g.data(), act_my.data(), h[bi], mx[bi], active, n, ow);
+          k.combine_f(xw, ys.data(), g + bi * cy, my + b * cy, h[bi], mx[bi], cy, n, ow);
           narrow_tile(k, ow, oi, n);
         } else if constexpr (std::is_same_v<T, double>) {
-          k.combine_d(xi, act_y.data(), act_g.data(), act_my.data(), h[bi], mx[bi], active, n, oi);
+          k.combine_d(xi, ys.data(), g + bi * cy, my + b * cy, h[bi], mx[bi], cy, n, oi);
         } else {
-          k.combine_f(xi, act_y.data(), act_g.data(), act_my.data(), h[bi], mx[bi], active, n, oi);
+          k.combine_f(xi, ys.data(), g + bi * cy, my + b * cy, h[bi], mx[bi], cy, n, oi);
         }
       }
     }
