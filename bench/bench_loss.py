@@ -86,7 +86,7 @@ def _fwd_bwd(fn, est, ref):
 
 
 def _rounds(b, c, t):
-    return 3 if b * c * t >= 64 * 2 * 64000 else 7
+    return 10 if b * c * t >= 64 * 2 * 32000 else 15
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}-C{}-T{}".format(*s))

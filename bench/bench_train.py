@@ -21,7 +21,7 @@ if DEVICE == "cuda":
 def _step_fn(model_name, batch, length, compiled, backend):
     torch.manual_seed(0)
     model = build_model(model_name).to(DEVICE)
-    forward = torch.compile(model) if compiled else model
+    forward = torch.compile(model, dynamic=False) if compiled else model
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     ref = torch.randn(batch, 2, length, device=DEVICE)
     mix = ref.sum(1)

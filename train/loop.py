@@ -133,7 +133,10 @@ class Trainer:
         if self.dist.enabled:
             self.train_model = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.forward = torch.compile(self.train_model) if args.compile else self.train_model
+        # Static shapes: every training batch has the same (B, T); dynamic shapes hit an
+        # inductor bug on SuDoRM-RF with torch 2.13 (a sympy Mod it cannot print).
+        self.forward = (torch.compile(self.train_model, dynamic=False) if args.compile
+                        else self.train_model)
         fused_adam = self.device.type == "cuda"
         self.optimizer = torch.optim.Adam(
             [p for p in self.model.parameters() if p.requires_grad], lr=args.lr,
