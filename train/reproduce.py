@@ -134,7 +134,34 @@ def class_bias(opts, out):
             entry[f"{k}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
         summary.append(entry)
     _write(out, summary, opts, extra={"per_seed": rows})
+    _plot_class_bias(summary, out)
     return summary
+
+
+def _plot_class_bias(summary, out: Path):
+    """Grouped bars: mean test SI-SDRi per class for each gamma setting, +- std over seeds."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no class-bias plot")
+        return
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.25
+    for k, key in enumerate(("speech", "env", "combined")):
+        xs = [i + (k - 1) * width for i in range(len(summary))]
+        ax.bar(xs, [e[f"{key}_mean"] for e in summary], width,
+               yerr=[e[f"{key}_std"] for e in summary], capsize=3, label=key)
+    ax.set_xticks(range(len(summary)))
+    ax.set_xticklabels([f"gamma speech={e['gamma_speech']:g}\nenv={e['gamma_env']:g}"
+                        for e in summary])
+    ax.set_ylabel("mean test SI-SDRi (dB)")
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "class_bias.png", dpi=120)
+    plt.close(fig)
 
 
 def _write(out: Path, rows, opts, extra=None):
