@@ -1,6 +1,7 @@
 """The trainer: CLI, a default run, exact resume, DDP equivalence, real audio, bad input."""
 import importlib.util
 import json
+import math
 import os
 import signal
 import time
@@ -195,3 +196,19 @@ def test_missing_audio_file_stops_before_training_and_names_it(tmp_path):
     (folder / "meta.csv").write_text("\n".join(rows) + "\n")
     with pytest.raises(Exception, match="gone.flac"):
         run(tmp_path, "--data-csv", str(folder / "meta.csv"), "--steps", "2")
+
+
+def test_reproduce_robust_sweep_writes_summary_and_plots(tmp_path):
+    from train import reproduce
+
+    reproduce.main(["robust", "--data-dir", "", "--model", "sudormrf-tiny", "--segment", "0.25",
+                    "--batch", "4", "--steps", "2", "--eval-every", "1", "--val-items", "4",
+                    "--test-items", "4", "--threads", "1", "--no-progress",
+                    "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
+    summary = json.loads((tmp_path / "out" / "robust" / "summary.json").read_text())
+    assert [r["alpha"] for r in summary["rows"]] == ["0", "1/15", "1/10", "1/5"]
+    assert summary["settings"]["steps"] == 2
+    assert all(math.isfinite(r["mean"]) for r in summary["rows"])
+    assert (tmp_path / "out" / "robust" / "summary.csv").exists()
+    if importlib.util.find_spec("matplotlib"):
+        assert (tmp_path / "out" / "robust" / "sisdri_hist.png").exists()
