@@ -84,8 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DataLoader worker processes mixing batches in the background")
 
     g = p.add_argument_group("model")
-    g.add_argument("--model", choices=sorted(MODEL_CONFIGS), default="sudormrf-0.25x",
-                   help="named SuDoRM-RF configuration")
+    g.add_argument("--model", choices=["auto"] + sorted(MODEL_CONFIGS), default="auto",
+                   help="named SuDoRM-RF configuration; auto: sudormrf-0.25x on a GPU, "
+                        "sudormrf-tiny on a CPU (so the default run takes minutes, not hours)")
 
     g = p.add_argument_group("loss and weighting")
     g.add_argument("--fused", action="store_true",

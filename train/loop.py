@@ -125,6 +125,8 @@ class Trainer:
         self.run_dir = Path(args.run_dir)
         self.show = self.main and not args.no_progress
 
+        if args.model == "auto":
+            args.model = "sudormrf-0.25x" if self.device.type == "cuda" else "sudormrf-tiny"
         self.data = build_data(args, self.dist.world_size, self.show)
         self.class_names = list(self.data.class_names)
         torch.manual_seed(args.seed)
