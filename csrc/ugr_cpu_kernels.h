@@ -179,46 +179,67 @@ void tile_stats(const T* const* xs, const T* const* ys, int64_t cx, int64_t cy, 
   }
 }
 
-// out = sum_j g_j (y_j - my_j) + h (x - mx) over one tile, in T (float or
-// double) with the coefficients rounded to T first (as the torch backend does),
-// summed in the order j = 0, 1, ..., then the x term.
-template <int CY, typename T>
-void combine_fixed(const T* __restrict x, const T* const* ys, const double* g, const double* my,
-                   double h, double mx, int64_t n, T* __restrict out) {
-  const T* __restrict y0 = ys[0];
-  const T* __restrict y1 = ys[CY - 1];
-  const T g0 = static_cast<T>(g[0]), m0 = static_cast<T>(my[0]);
-  const T g1 = static_cast<T>(g[CY - 1]), m1 = static_cast<T>(my[CY - 1]);
-  const T hh = static_cast<T>(h), mm = static_cast<T>(mx);
-  for (int64_t t = 0; t < n; ++t) {
-    T acc = g0 * (y0[t] - m0);
-    if constexpr (CY == 2) acc += g1 * (y1[t] - m1);
-    out[t] = acc + hh * (x[t] - mm);
-  }
+// Store the lanes of v rounded to float (or as double).
+inline void store(double* p, vd v) {
+  std::memcpy(p, &v, sizeof v);
 }
 
+inline void store(float* p, vd v) {
+#if UGR_F16C
+  _mm_storeu_ps(p, _mm256_cvtpd_ps(reinterpret_cast<__m256d>(v)));
+#elif UGR_LANES == 2 && defined(__SSE2__)
+  _mm_storel_pi(reinterpret_cast<__m64*>(p), _mm_cvtpd_ps(reinterpret_cast<__m128d>(v)));
+#else
+  const vf f = __builtin_convertvector(v, vf);
+  std::memcpy(p, &f, sizeof f);
+#endif
+}
+
+// out = sum_j g_j (y_j - my_j) + h (x - mx) over one tile, in double whatever T
+// is, rounded once to T at the store. Double matters for float inputs: the
+// coefficients scale as 1/amplitude^2 (1e40 at amplitude 1e-20 would overflow
+// float), a large DC offset must be removed before rounding, and when the
+// SI-SDR saturates the two terms cancel to ~1e-16 of their size, not ~1e-7.
+// A row whose coefficient is exactly 0 is skipped, so it contributes exactly 0
+// even when it holds NaN or inf (a masked item must not poison the gradient).
+// Terms are summed in the order j = 0, 1, ..., then the x term.
 template <typename T>
-void tile_combine(const T* __restrict x, const T* const* ys, const double* g, const double* my,
+void tile_combine(const T* x, const T* const* ys, const double* g, const double* my,
                   double h, double mx, int64_t cy, int64_t n, T* __restrict out) {
-  if (cy == 1) return combine_fixed<1>(x, ys, g, my, h, mx, n, out);
-  if (cy == 2) return combine_fixed<2>(x, ys, g, my, h, mx, n, out);
-  // Any Cy: accumulate row by row in the (L1-resident) output tile.
-  if (cy == 0) {
-    for (int64_t t = 0; t < n; ++t) out[t] = T(0);
-  }
+  // Up to kMaxRows non-zero rows go in one register pass straight to out; more
+  // rows (C > 7) accumulate in a double scratch tile first.
+  constexpr int kMaxRows = 8;
+  std::vector<const T*> rows;
+  std::vector<double> coef, mean;
+  rows.reserve(static_cast<size_t>(cy + 1));
   for (int64_t j = 0; j < cy; ++j) {
-    const T* __restrict yj = ys[j];
-    const T gj = static_cast<T>(g[j]);
-    const T mj = static_cast<T>(my[j]);
-    if (j == 0) {
-      for (int64_t t = 0; t < n; ++t) out[t] = gj * (yj[t] - mj);
-    } else {
-      for (int64_t t = 0; t < n; ++t) out[t] += gj * (yj[t] - mj);
-    }
+    if (g[j] == 0.0) continue;
+    rows.push_back(ys[j]), coef.push_back(g[j]), mean.push_back(my[j]);
   }
-  const T hh = static_cast<T>(h);
-  const T mm = static_cast<T>(mx);
-  for (int64_t t = 0; t < n; ++t) out[t] += hh * (x[t] - mm);
+  if (h != 0.0) rows.push_back(x), coef.push_back(h), mean.push_back(mx);
+  const int used = static_cast<int>(rows.size());
+  if (used <= kMaxRows) {
+    int64_t t = 0;
+    for (; t + kLanes <= n; t += kLanes) {
+      vd acc = vd{};
+      for (int r = 0; r < used; ++r)
+        acc += splat(coef[r]) * (load(rows[r] + t) - splat(mean[r]));
+      store(out + t, acc);
+    }
+    for (; t < n; ++t) {
+      double acc = 0.0;
+      for (int r = 0; r < used; ++r)
+        acc += coef[r] * (static_cast<double>(rows[r][t]) - mean[r]);
+      out[t] = static_cast<T>(acc);
+    }
+    return;
+  }
+  std::vector<double> acc(static_cast<size_t>(n), 0.0);
+  for (int r = 0; r < used; ++r) {
+    const T* __restrict row = rows[r];
+    for (int64_t t = 0; t < n; ++t) acc[t] += coef[r] * (static_cast<double>(row[t]) - mean[r]);
+  }
+  for (int64_t t = 0; t < n; ++t) out[t] = static_cast<T>(acc[t]);
 }
 
 inline void widen(const c10::Half* __restrict src, float* __restrict dst, int64_t n) {

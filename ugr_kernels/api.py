@@ -132,37 +132,48 @@ def weighted_sisdr(
     check = check_finite and not torch.compiler.is_compiling()
     est, ref, mixture = _check_inputs(est, ref, mixture, granularity)
     batch, n_src = est.shape[0], est.shape[1]
+    items = (batch, n_src) if granularity == "source" else (batch,)
+    alpha = _check_alpha(alpha)
+    bias = _check_items("bias", bias, items, est.device)
+    mask = _check_items("mask", mask, items, est.device)
     if pit and n_src > MAX_PIT_SOURCES:
         raise ValueError(f"PIT over C={n_src} sources is not supported (exhaustive search "
                          f"handles C <= {MAX_PIT_SOURCES}); pass pit=False or fewer sources")
     out_dtype = torch.float64 if est.dtype == torch.float64 else torch.float32
+    finite_checks = []   # (name, 0-d bool tensor): all read with one host sync below
 
+    # The mixture's SI-SDR is differentiated like the estimates' when ref (or the
+    # mixture) needs grad: SI-SDRi depends on ref through both terms.
     if backend == "reference":
         if check:
-            for name, t in (("est", est), ("ref", ref), ("mixture", mixture)):
-                if t is not None and not bool(torch.isfinite(t).all()):
-                    raise _non_finite(name)
+            finite_checks += [(name, torch.isfinite(t).all()) for name, t in
+                              (("est", est), ("ref", ref), ("mixture", mixture)) if t is not None]
         pair, pair_valid = pairwise_sisdr(est.double(), ref.double(), zero_mean=zero_mean,
                                           eps=eps, clamp_db=clamp_db)
         mix_sisdr = mix_valid = None
         if mixture is not None:
-            m, m_valid = pairwise_sisdr(mixture.double().detach(), ref.double().detach(),
+            m, m_valid = pairwise_sisdr(mixture.double(), ref.double(),
                                         zero_mean=zero_mean, eps=eps)
             mix_sisdr, mix_valid = m[:, 0], m_valid[:, 0]
     else:
         name = backends.resolve(backend, est.device.type)
         mx, my, sxy, sxx, syy = sufficient_stats(est, ref, zero_mean, name)
         if check:
-            _raise_if_non_finite(("est", mx, sxx), ("ref", my, syy))
+            finite_checks += [("est", _stats_finite(mx, sxx)), ("ref", _stats_finite(my, syy))]
         pair, pair_valid = sisdr_from_stats(sxy, sxx, syy, eps=eps, clamp_db=clamp_db)
         mix_sisdr = mix_valid = None
         if mixture is not None:
-            with torch.no_grad():
-                mm, _, mxy, mxx, myy = sufficient_stats(mixture, ref.detach(), zero_mean, name)
-                m, m_valid = sisdr_from_stats(mxy, mxx, myy, eps=eps)
+            mm, _, mxy, mxx, myy = sufficient_stats(mixture, ref, zero_mean, name)
+            m, m_valid = sisdr_from_stats(mxy, mxx, myy, eps=eps)
             if check:
-                _raise_if_non_finite(("mixture", mm, mxx))
+                finite_checks.append(("mixture", _stats_finite(mm, mxx)))
             mix_sisdr, mix_valid = m[:, 0], m_valid[:, 0]
+    if check:
+        if isinstance(alpha, Tensor):
+            finite_checks.append(("alpha", torch.isfinite(alpha).all()))
+        if bias is not None:
+            finite_checks.append(("bias", torch.isfinite(bias).all()))
+        _raise_if_non_finite(finite_checks)
 
     perm = pit_best_perm(pair, pair_valid) if pit else _identity_perm(batch, n_src, est.device)
     sisdr = pair.gather(1, perm.unsqueeze(1)).squeeze(1)              # (B, C)
@@ -201,20 +212,22 @@ def sisdr_from_stats(sxy: Tensor, sxx: Tensor, syy: Tensor, *, eps: float = 1e-1
                      clamp_db: Optional[float] = None) -> tuple[Tensor, Tensor]:
     """SI-SDR matrix (B, Cx, Cy) in dB from the sufficient statistics, and its validity mask.
 
-    ``rho2 = sxy^2 / (sxx syy)`` is the squared correlation; SI-SDR =
-    10 log10((rho2 + eps) / (1 - rho2 + eps [+ tau (rho2 + eps)])). Computing
-    ``1 - rho2`` as ``(sxx syy - sxy^2) / (sxx syy)`` in float64 keeps about 100 dB
-    of range (with float64 statistics); it is clamped at 0 against rounding.
+    ``rho = sxy / sqrt(sxx) / sqrt(syy)`` is the correlation, formed without the
+    product ``sxx * syy`` so it neither underflows nor overflows anywhere in the
+    float64 range (amplitudes 1e-150 .. 1e150 give the same SI-SDR as 1);
+    SI-SDR = 10 log10((rho^2 + eps) / ((1 - rho)(1 + rho) + eps [+ tau (rho^2 + eps)])).
+    ``(1 - rho)(1 + rho)`` is exact to rounding near |rho| = 1 (about 100 dB of range
+    with float64 statistics). Valid: both energies positive and all three finite.
     """
-    energy = sxx.unsqueeze(2) * syy.unsqueeze(1)                       # (B, Cx, Cy)
-    valid = (sxx.unsqueeze(2) > 0) & (syy.unsqueeze(1) > 0) & torch.isfinite(energy) \
-        & torch.isfinite(sxy)
-    safe_energy = torch.where(valid, energy, torch.ones_like(energy))
+    finite_x = torch.isfinite(sxx) & (sxx > 0)
+    finite_y = torch.isfinite(syy) & (syy > 0)
+    valid = finite_x.unsqueeze(2) & finite_y.unsqueeze(1) & torch.isfinite(sxy)
+    norm_x = torch.sqrt(torch.where(finite_x, sxx, torch.ones_like(sxx))).unsqueeze(2)
+    norm_y = torch.sqrt(torch.where(finite_y, syy, torch.ones_like(syy))).unsqueeze(1)
     safe_sxy = torch.where(valid, sxy, torch.zeros_like(sxy))
-    rho2 = safe_sxy * safe_sxy / safe_energy
-    residual = torch.clamp((safe_energy - safe_sxy * safe_sxy) / safe_energy, min=0.0)
-    num = rho2 + eps
-    den = residual + eps
+    rho = torch.clamp(safe_sxy / norm_x / norm_y, -1.0, 1.0)
+    num = rho * rho + eps
+    den = (1.0 - rho) * (1.0 + rho) + eps
     if clamp_db is not None:
         den = den + 10.0 ** (-clamp_db / 10.0) * num
     sisdr = 10.0 * torch.log10(num / den)
@@ -273,14 +286,65 @@ def _non_finite(name: str) -> ValueError:
     return ValueError(f"{name} contains NaN or inf values")
 
 
-def _raise_if_non_finite(*named_stats) -> None:
-    """One host sync: are the means and energies of each named signal finite?"""
-    flags = torch.stack([torch.isfinite(m).all() & torch.isfinite(e).all()
-                         for _, m, e in named_stats]).cpu()
-    for (name, _, _), ok in zip(named_stats, flags.tolist()):
+def _stats_finite(mean: Tensor, energy: Tensor) -> Tensor:
+    """A NaN/inf anywhere in a signal makes its mean and energy non-finite."""
+    return torch.isfinite(mean).all() & torch.isfinite(energy).all()
+
+
+def _raise_if_non_finite(checks) -> None:
+    """One host sync for all the finite checks of a call."""
+    if not checks:
+        return
+    device = checks[0][1].device
+    flags = torch.stack([flag.to(device) for _, flag in checks]).cpu().tolist()
+    for (name, _), ok in zip(checks, flags):
         if not ok:
+            if name in ("alpha", "bias"):
+                raise ValueError(f"{name} contains NaN or inf values: every score F would be "
+                                 f"non-finite and no item would be trained")
             raise ValueError(f"{name} contains NaN or inf values (or float64 values too large "
                              f"to square)")
+
+
+def _check_alpha(alpha):
+    """alpha: a finite real number or a 0-d (or one-element) floating tensor."""
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, Tensor)):
+        raise ValueError(f"alpha must be a number or a 0-d torch.Tensor, got "
+                         f"{type(alpha).__name__}")
+    if isinstance(alpha, Tensor):
+        if alpha.numel() != 1:
+            raise ValueError(f"alpha must be a number or a 0-d tensor, got a tensor of shape "
+                             f"{tuple(alpha.shape)}")
+        if not alpha.is_floating_point():
+            alpha = alpha.to(torch.float64)
+        return alpha.reshape(())
+    if not math.isfinite(alpha):
+        raise ValueError(f"alpha must be finite, got {alpha}: every score F would be "
+                         f"non-finite and no item would be trained")
+    return alpha
+
+
+def _check_items(name: str, value, items: tuple, device) -> Optional[Tensor]:
+    """bias / mask: None or a tensor broadcastable to the items ((B, C) or (B,))."""
+    if value is None:
+        return None
+    what = "(batch, sources)" if len(items) == 2 else "(batch,) for granularity='example'"
+    if not isinstance(value, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor broadcastable to {what} = {items}, "
+                         f"got {type(value).__name__}")
+    try:
+        torch.broadcast_shapes(value.shape, items)
+        ok = value.dim() <= len(items)
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must be broadcastable to {what} = {items}, got shape "
+                         f"{tuple(value.shape)}")
+    if value.device != device and value.numel() > 1:
+        raise ValueError(f"{name} must be on {device} like est, got {value.device}")
+    if name == "bias" and not value.is_floating_point():
+        value = value.to(torch.float64)
+    return value
 
 
 def _check_inputs(est, ref, mixture, granularity):

@@ -17,6 +17,7 @@ Schemes add: ``Robust(0.1) + ClassBias({"speech": 3})`` has F = 0.1 L + gamma.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional, Sequence, Union
 
@@ -38,6 +39,14 @@ class Schedule:
         return float(self(epoch if self.unit == "epoch" else step))
 
 
+def _require_finite(owner: str, **values) -> None:
+    """A NaN/inf coefficient would make every score F non-finite: nothing would train."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) \
+                or not math.isfinite(value):
+            raise ValueError(f"{owner}: {name} must be a finite number, got {value!r}")
+
+
 def _progress(t: float, duration: float) -> float:
     return 1.0 if duration <= 0 else min(max(t / duration, 0.0), 1.0)
 
@@ -46,6 +55,9 @@ def _progress(t: float, duration: float) -> float:
 class Constant(Schedule):
     value: float
     unit: str = "step"
+
+    def __post_init__(self):
+        _require_finite("Constant", value=self.value)
 
     def __call__(self, t):
         return self.value
@@ -59,6 +71,9 @@ class Linear(Schedule):
     duration: float
     unit: str = "step"
 
+    def __post_init__(self):
+        _require_finite("Linear", start=self.start, end=self.end, duration=self.duration)
+
     def __call__(self, t):
         return self.start + (self.end - self.start) * _progress(t, self.duration)
 
@@ -70,6 +85,9 @@ class Cosine(Schedule):
     end: float
     duration: float
     unit: str = "step"
+
+    def __post_init__(self):
+        _require_finite("Cosine", start=self.start, end=self.end, duration=self.duration)
 
     def __call__(self, t):
         w = 0.5 * (1.0 - math.cos(math.pi * _progress(t, self.duration)))
@@ -83,6 +101,11 @@ class Exponential(Schedule):
     end: float
     half_life: float
     unit: str = "step"
+
+    def __post_init__(self):
+        _require_finite("Exponential", start=self.start, end=self.end, half_life=self.half_life)
+        if self.half_life <= 0:
+            raise ValueError(f"Exponential: half_life must be > 0, got {self.half_life}")
 
     def __call__(self, t):
         return self.end + (self.start - self.end) * 0.5 ** (max(t, 0.0) / self.half_life)
@@ -98,6 +121,7 @@ class Step(Schedule):
     def __post_init__(self):
         if len(self.values) != len(self.boundaries) + 1:
             raise ValueError("Step needs len(values) == len(boundaries) + 1")
+        _require_finite("Step", **{f"values[{k}]": v for k, v in enumerate(self.values)})
 
     def __call__(self, t):
         k = sum(1 for b in self.boundaries if t >= b)
@@ -117,6 +141,12 @@ class InverseTemperature(Schedule):
     rate: float = 1.0
     sign: float = 1.0
     unit: str = "epoch"
+
+    def __post_init__(self):
+        _require_finite("InverseTemperature", t_start=self.t_start, t_min=self.t_min,
+                        rate=self.rate, sign=self.sign)
+        if self.t_min <= 0:
+            raise ValueError(f"InverseTemperature: t_min must be > 0, got {self.t_min}")
 
     def __call__(self, t):
         return self.sign / max(self.t_min, self.t_start - self.rate * (t + 1))
@@ -199,6 +229,8 @@ class Robust(Weighting):
     """
 
     def __init__(self, alpha: Union[float, Schedule] = 0.1):
+        if not isinstance(alpha, Schedule):
+            _require_finite("Robust", alpha=alpha)
         self.alpha = as_schedule(alpha)
 
     def terms(self, *, step=0, epoch=0, labels=None):
@@ -215,6 +247,8 @@ class Curriculum(Weighting):
     """
 
     def __init__(self, beta: Union[float, Schedule, None] = None):
+        if beta is not None and not isinstance(beta, Schedule):
+            _require_finite("Curriculum", beta=beta)
         self.beta = as_schedule(beta if beta is not None else Linear(-0.2, 0.0, 10_000))
 
     def terms(self, *, step=0, epoch=0, labels=None):
@@ -243,6 +277,7 @@ class ClassBias(Weighting):
                 if self.class_names is None or key not in self.class_names:
                     raise ValueError(f"unknown class {key!r}; known: {self.class_names}")
                 key = self.class_names.index(key)
+            _require_finite("ClassBias", **{f"gamma[{key!r}]": gamma})
             table[int(key)] = float(gamma)
         size = max(list(table) + [len(self.class_names or []) - 1]) + 1
         self.gamma = torch.zeros(size, dtype=torch.float64)

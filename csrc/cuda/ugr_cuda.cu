@@ -201,10 +201,13 @@ at::Tensor combine_cuda(const at::Tensor& x_in, const at::Tensor& y_in, const at
 
   const int nc = bound_nc(std::max(cx64, cy64));
   if (nc == 0) {
-    const auto work = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-    const auto yc = y.to(work) - my.to(work).unsqueeze(-1);
-    const auto xc = x.to(work) - mx.to(work).unsqueeze(-1);
-    out.copy_(at::bmm(g.to(work), yc) + h.to(work).unsqueeze(-1) * xc);
+    // Many sources: float64 torch ops (the torch backend's arithmetic, zero-guarded).
+    const auto yc = y.to(at::kDouble) - my.unsqueeze(-1);
+    const auto xc = x.to(at::kDouble) - mx.unsqueeze(-1);
+    const auto terms = at::where(g.unsqueeze(-1) != 0, g.unsqueeze(-1) * yc.unsqueeze(1),
+                                 at::zeros({}, f64)).sum(2);
+    const auto hh = h.unsqueeze(-1);
+    out.copy_(terms + at::where(hh != 0, hh * xc, at::zeros({}, f64)));
     return out;
   }
   const int cx = static_cast<int>(cx64), cy = static_cast<int>(cy64);
@@ -217,7 +220,8 @@ at::Tensor combine_cuda(const at::Tensor& x_in, const at::Tensor& y_in, const at
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "ugr_combine_cuda", [&] {
-    using acc_t = at::acc_type<scalar_t, /*is_cuda=*/true>;
+    // Double arithmetic for every dtype, rounded once at the store (see the kernel).
+    using acc_t = double;
     switch (nc) {
       case 1: launch_combine<scalar_t, acc_t, 1>(x, y, mx, my, g, h, out, cx, cy, length, tile, n_tiles, vec_ok, stream); break;
       case 2: launch_combine<scalar_t, acc_t, 2>(x, y, mx, my, g, h, out, cx, cy, length, tile, n_tiles, vec_ok, stream); break;

@@ -19,7 +19,9 @@
 // sequentially in tile order (Chan et al.'s parallel update in its k-way form:
 // M = sum n_t m_t / N, S = sum_t [S_t + n_t (m_t - M)(m'_t - M')]); deterministic.
 // Backward (combine_kernel): out_i = h_i (x_i - mx_i) + sum_j g_ij (y_j - my_j), the
-// double means applied as an acc_t hi + lo pair.
+// double means applied as an acc_t hi + lo pair; launched with acc_t = double
+// (the coefficients scale as 1/amplitude^2 and the terms cancel when the SI-SDR
+// saturates); a zero coefficient contributes exactly 0.
 #pragma once
 
 #include <cstdint>
@@ -323,10 +325,12 @@ combine_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ y,
         load_row<scalar_t, acc_t, VEC>(xb + i * T + t0, cnt, full, s_mx[i], s_mx_lo[i], xc);
 #pragma unroll
         for (int k = 0; k < VEC; ++k) {
-          acc_t acc = s_h[i] * xc[k];
+          // A zero coefficient adds exactly 0, even against a NaN/inf row
+          // (a masked item must not poison the gradient).
+          acc_t acc = s_h[i] != acc_t(0) ? s_h[i] * xc[k] : acc_t(0);
 #pragma unroll
           for (int j = 0; j < NC; ++j)
-            if (j < cy) acc += s_g[i * NC + j] * yc[j][k];
+            if (j < cy && s_g[i * NC + j] != acc_t(0)) acc += s_g[i * NC + j] * yc[j][k];
           o[k] = acc;
         }
         store_row<scalar_t, acc_t, VEC>(ob + i * T + t0, cnt, full, o);

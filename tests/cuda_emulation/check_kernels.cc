@@ -57,7 +57,7 @@ double run_case(int B, int cx, int cy, int64_t Tn, int64_t tile, bool zero_mean,
   std::vector<double> g(B * cx * cy), h(B * cx);
   for (auto& v : g) v = nd(rng); for (auto& v : h) v = nd(rng);
   std::vector<T> outs(B * cx * Tn + pad + 8); T* out = outs.data() + pad;
-  emu_launch(B * n_tiles, kThreads, [&] { combine_kernel<T, A, NC>(x, y, mx.data(), my.data(), g.data(), h.data(), out, cx, cy, Tn, tile, n_tiles, vec_ok); });
+  emu_launch(B * n_tiles, kThreads, [&] { combine_kernel<T, double, NC>(x, y, mx.data(), my.data(), g.data(), h.data(), out, cx, cy, Tn, tile, n_tiles, vec_ok); });
   double cworst = 0;
   for (int b = 0; b < B; ++b) for (int i = 0; i < cx; ++i) for (int64_t t = 0; t < Tn; ++t) {
     double xc = (double)x[(b*cx+i)*Tn+t] - mx[b*cx+i];

@@ -80,7 +80,8 @@ def _why_unavailable(name: str) -> str:
         return (" (the compiled extension ugr_kernels._C is missing: "
                 "build it with `pip install --no-build-isolation -e .`)")
     if name == "triton":
-        return " (needs triton and a CUDA device, or TRITON_INTERPRET=1 on CPU)"
+        return (" (needs triton and a CUDA device, or on CPU TRITON_INTERPRET=1 set before "
+                "torch or triton is first imported)")
     if name == "cuda":
         return " (needs the extension built with CUDA and a CUDA device)"
     return ""

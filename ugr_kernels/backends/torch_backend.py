@@ -28,9 +28,12 @@ def stats(x: torch.Tensor, y: torch.Tensor, zero_mean: bool):
 
 
 def combine(x, y, mx, my, g, h):
-    # Computed in float32 at least: the coefficients are float64, the signals may be half.
-    work = torch.promote_types(x.dtype, torch.float32)
-    yc = y.to(work) - my.to(work).unsqueeze(-1)
-    xc = x.to(work) - mx.to(work).unsqueeze(-1)
-    out = torch.bmm(g.to(work), yc) + h.to(work).unsqueeze(-1) * xc
+    # In float64 whatever x is (the coefficients scale as 1/amplitude^2 and the
+    # terms cancel when the SI-SDR saturates), rounded once to x's dtype. A zero
+    # coefficient contributes exactly 0, even against a NaN/inf signal row.
+    yc = y.double() - my.double().unsqueeze(-1)
+    xc = x.double() - mx.double().unsqueeze(-1)
+    g, h = g.double(), h.double().unsqueeze(-1)
+    terms = torch.where(g.unsqueeze(-1) != 0, g.unsqueeze(-1) * yc.unsqueeze(1), 0.0).sum(2)
+    out = terms + torch.where(h != 0, h * xc, 0.0)
     return out.to(x.dtype)

@@ -194,15 +194,22 @@ def combine_kernel(x_ptr, y_ptr, mx_ptr, my_ptr, g_ptr, h_ptr, out_ptr, T,
     mx_hi = _to_acc(mx64, ACC_F64)
     mx_lo = _to_acc(mx64 - mx_hi.to(tl.float64), ACC_F64)
     hv = _to_acc(tl.load(h_ptr + b * CX + ix, mask=rmask, other=0.0), ACC_F64)
-    acc = hv[:, None] * ((xv - mx_hi[:, None]) - mx_lo[:, None])
+    # A zero coefficient adds exactly 0, even against a NaN/inf row (a masked
+    # item must not poison the gradient).
+    acc = tl.where(hv[:, None] != 0, hv[:, None] * ((xv - mx_hi[:, None]) - mx_lo[:, None]), 0.0)
     for j in tl.static_range(CY):
         yv = _to_acc(tl.load(y_ptr + (b * CY + j) * T + offs, mask=tmask, other=0.0), ACC_F64)
         my64 = tl.load(my_ptr + b * CY + j)
         my_hi = _to_acc(my64, ACC_F64)
         my_lo = _to_acc(my64 - my_hi.to(tl.float64), ACC_F64)
         gj = _to_acc(tl.load(g_ptr + (b * CX + ix) * CY + j, mask=rmask, other=0.0), ACC_F64)
-        acc += gj[:, None] * ((yv - my_hi) - my_lo)[None, :]
-    tl.store(out_ptr + rows, acc.to(out_ptr.dtype.element_ty), mask=m2)
+        acc += tl.where(gj[:, None] != 0, gj[:, None] * ((yv - my_hi) - my_lo)[None, :], 0.0)
+    # 16-bit outputs go through fp32 (no direct fp64 -> bf16 conversion everywhere).
+    if out_ptr.dtype.element_ty == tl.float64:
+        res = acc.to(tl.float64)
+    else:
+        res = acc.to(tl.float32).to(out_ptr.dtype.element_ty)
+    tl.store(out_ptr + rows, res, mask=m2)
 
 
 def autotuned_combine(configs):
