@@ -181,15 +181,20 @@ def test_runs_on_meta_tensors():
     assert perm.shape == (3, 10) and perm.dtype == torch.int64 and perm.device.type == "meta"
 
 
-def test_torch_compile_fullgraph():
+def test_torch_compile_fullgraph(monkeypatch):
     # fullgraph=True: a graph break (host sync, data-dependent branch) would raise.
-    # C is kept small because the loop unrolls into C (C + 1) / 2 steps and compile
-    # time grows with it (about 70 s for C = 8 on a 2-core CPU).
+    # Compiles pit_best_perm with the threshold lowered so it dispatches to the solver,
+    # which covers the dispatch and the solver. C is kept small because the loop unrolls
+    # into C (C + 1) / 2 steps and compile time grows with it (about 20 s for C = 3 and
+    # 70 s for C = 8 on the 2-core CPU).
+    from ugr_kernels import api
+    monkeypatch.setattr(api, "MAX_PIT_SOURCES", 2)
     torch._dynamo.reset()
-    fn = torch.compile(best_assignment, fullgraph=True, dynamic=False)
+    fn = torch.compile(api.pit_best_perm, fullgraph=True, dynamic=False)
     score = _scores("normal", 3, 3, seed=11)
     valid = torch.rand(3, 3, 3, generator=_gen(11)) > 0.2
     assert torch.equal(fn(score, valid), best_assignment(score, valid))
+    torch._dynamo.reset()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -27,7 +27,8 @@ from .reference import pairwise_sisdr
 
 # PIT: exhaustive search for C <= MAX_PIT_SOURCES, the exact batched Hungarian solver
 # (ugr_kernels.assignment) above. Measured crossover (bench/bench_pit.py, B=16, 2-core
-# CPU): exhaustive is faster up to C = 6, the solver from C = 7 on.
+# CPU): C = 7, where both take ~1.8 ms; exhaustive is 6x faster at C = 6, the solver
+# 15-40x faster at C = 8 (C! = 40320 permutations: 90 ms).
 MAX_PIT_SOURCES = 6
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
