@@ -34,8 +34,8 @@ is one gather over the C! permutations (``(B, C!, C)`` elements) and wins for sm
 
 Measured (``OMP_NUM_THREADS=1 pytest bench/bench_pit.py --benchmark-only``, B = 16,
 float64, shared 2-core AMD EPYC CPU, torch 2.13, medians; see ``bench/README.md``):
-exhaustive 0.25 ms vs solver 1.5 ms at C = 6, **1.9 ms vs 1.9 ms at C = 7 (the
-crossover)**, 94 ms vs 2.4–6 ms at C = 8 (C! blows up). Hence exhaustive for
+exhaustive 0.25 ms vs solver 1.5 ms at C = 6, **1.8 ms vs 1.9 ms at C = 7 (the
+crossover)**, 93 ms vs 2.2–6.4 ms (min–median) at C = 8 (C! blows up). Hence exhaustive for
 C <= 6 (``MAX_PIT_SOURCES``), this solver above. On the CPU the host Hungarian
 (scipy per example, 0.06–0.09 ms for C = 8..16) is ~100x faster than this
 op-by-op solver, because a CPU has no sync to avoid and each torch op costs
@@ -66,7 +66,7 @@ def best_assignment(score: Tensor, valid: Optional[Tensor] = None) -> Tensor:
     ``scipy.optimize.linear_sum_assignment``). Runs C (C + 1) / 2 fixed Dijkstra
     steps and C pointer-doubling path walks, every one vectorised over the batch,
     with no host synchronisation. Measured crossover with exhaustive search on a
-    2-core CPU (B = 16): C = 7 (1.9 ms each); exhaustive stays faster for C <= 6,
+    2-core CPU (B = 16): C = 7 (1.8 vs 1.9 ms); exhaustive stays faster for C <= 6,
     this solver is 15x faster at C = 8 (see ``bench/README.md``).
     """
     if score.dim() != 3 or score.shape[1] != score.shape[2]:
