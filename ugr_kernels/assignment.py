@@ -37,7 +37,7 @@ float64, shared 2-core AMD EPYC CPU, torch 2.13, medians; see ``bench/README.md`
 exhaustive 0.25 ms vs solver 1.5 ms at C = 6, **1.8 ms vs 1.9 ms at C = 7 (the
 crossover)**, 93 ms vs 2.2–6.4 ms (min–median) at C = 8 (C! blows up). Hence exhaustive for
 C <= 6 (``MAX_PIT_SOURCES``), this solver above. On the CPU the host Hungarian
-(scipy per example, 0.06–0.09 ms for C = 8..16) is ~100x faster than this
+(scipy per example, 0.06–0.09 ms for C = 8..16) is 40–120x faster than this
 op-by-op solver, because a CPU has no sync to avoid and each torch op costs
 microseconds of dispatch; the point of this solver is the device: no sync, no
 host round trip, CUDA-graph capturable and ``torch.compile``-traceable.
