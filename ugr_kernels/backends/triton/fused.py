@@ -75,6 +75,25 @@ def _launch_opts(device: torch.device, warps: int) -> dict:
     return dict(num_warps=warps) if device.type == "cuda" else {}
 
 
+def _shape_only(t: Tensor) -> bool:
+    """Under the interpreter: True for fake tensors (no launch), an error while tracing.
+
+    ``wrap_triton`` hands interpreted kernels back unwrapped, so without this a fake
+    implementation would run the interpreter on fake tensors, and a compiled graph
+    would lose the launches. Compiled (GPU) kernels go through ``wrap_triton``'s
+    higher-order op instead, which handles both.
+    """
+    if not _interpreting():
+        return False
+    from torch._subclasses.fake_tensor import FakeTensor
+    from torch._subclasses.functional_tensor import FunctionalTensor
+
+    if isinstance(t, FunctionalTensor):
+        raise RuntimeError("torch.compile cannot trace the fused Triton weighted SI-SDR while "
+                           "its kernels are interpreted (TRITON_INTERPRET=1)")
+    return isinstance(t, FakeTensor) or t.device.type == "meta"
+
+
 class _device_ctx:
     """Make the tensors' GPU current for the launches (Triton launches on the current one)."""
 
@@ -127,6 +146,8 @@ def weighted_sisdr_fwd(est: Tensor, ref: Tensor, mixture: Optional[Tensor], alph
     pb = min(_pow2(n_perm), max(2, _EPILOGUE_TILE // bb))
     tau = 0.0 if math.isinf(clamp_db) and clamp_db > 0 else 10.0 ** (-clamp_db / 10.0)
     interp = _interpreting()
+    if _shape_only(est):
+        return loss, sisdr, sisdri, weights, perm, valid, coef
     dummy = part
     with _device_ctx(est.device):
         wrap_triton(fk.fused_tile_kernel)[(batch, n_tiles)](
@@ -159,6 +180,8 @@ def weighted_sisdr_bwd(est: Tensor, ref: Tensor, coef: Tensor, grad_loss: Option
     tile = block_t(n_src)
     n_tiles = _cdiv(length, tile)
     out = torch.empty_like(est, memory_format=torch.contiguous_format)
+    if _shape_only(est):
+        return out
     dummy = coef
     with _device_ctx(est.device):
         wrap_triton(fk.fused_backward_kernel)[(batch, n_tiles)](

@@ -36,7 +36,8 @@ import triton
 import triton.language as tl
 
 COEF_FIELDS = 8
-_LOG10_SCALE = 4.3429448190325175   # 10 / ln(10): 10 log10(x) = _LOG10_SCALE * ln(x)
+_NCOEF = tl.constexpr(COEF_FIELDS)
+_LOG10_SCALE = tl.constexpr(4.3429448190325175)   # 10 / ln(10): 10 log10(x) = _LOG10_SCALE * ln(x)
 
 
 @triton.jit
@@ -147,7 +148,7 @@ def fused_epilogue_kernel(
     W_L: tl.constexpr = 6 * QN + C
     W_COUNT: tl.constexpr = 6 * QN + 2 * C
     WS: tl.constexpr = 6 * QN + 2 * C + 1
-    NCF: tl.constexpr = 8
+    NCF: tl.constexpr = _NCOEF
     R: tl.constexpr = BB * QP
 
     eps = _f64_from_bits(eps_bits)
@@ -405,7 +406,7 @@ def fused_backward_kernel(est_ptr, ref_ptr, coef_ptr, gloss_ptr, gsdr_ptr, gsdri
     tmask = offs < T
     k = tl.arange(0, CP)
     km = k < C
-    cb = coef_ptr + (b * C + k) * 8
+    cb = coef_ptr + (b * C + k) * _NCOEF
     j = tl.load(cb + 0, mask=km, other=0.0).to(tl.int64)
     s = tl.zeros([CP], dtype=tl.float64)
     if HAS_GLOSS:
