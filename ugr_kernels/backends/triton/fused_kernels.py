@@ -68,7 +68,8 @@ def _finite(v):
 @triton.jit
 def _f64_from_bits(bits):
     # Python floats reach a kernel as fp32; eps and tau travel as their int64 bits.
-    return bits.to(tl.int64).to(tl.float64, bitcast=True)
+    # (+ an int64 zero rather than .to(): a scalar argument may arrive as a constexpr)
+    return (bits + tl.zeros([], tl.int64)).to(tl.float64, bitcast=True)
 
 
 @triton.jit
