@@ -42,8 +42,8 @@ def test_gradient_is_the_weighted_sum_of_item_gradients():
     want = (out.weights[:, None, None] * per_item_grads(params, x)).sum(0)
     torch.testing.assert_close(grad, want)
     # Not the gradient through the weights: tilting makes that one differ.
-    l = losses_of(params, x)
-    (through_p,) = torch.autograd.grad((torch.softmax(0.2 * l, 0) * l).sum(), params)
+    item = losses_of(params, x)
+    (through_p,) = torch.autograd.grad((torch.softmax(0.2 * item, 0) * item).sum(), params)
     assert not torch.allclose(grad, through_p)
 
 
