@@ -18,6 +18,7 @@ import numpy as np
 VAL_CURVE = "val_curve.png"
 TEST_HIST = "test_sisdri_hist.png"
 LOG_SCALE_ITEMS = 100
+OUTSIDE_LEGEND = 3           # more lines than this: the legend goes beside the axes
 _SEED = re.compile(r"[\s_\-/]*seed[\s_=\-]*\d+", re.IGNORECASE)
 
 
@@ -89,7 +90,7 @@ def plot_val_curves(curves: Sequence[tuple[str, list[dict]]], path: Path,
     if plt is None or not curves:
         return []
     colors = arm_colors([n for n, _ in curves])
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=_figsize(len(curves)))
     for (name, rows), color in zip(curves, colors):
         steps = [r["step"] for r in rows]
         ax.plot(steps, [r["mean"] for r in rows], marker="o", markersize=3, color=color,
@@ -102,7 +103,7 @@ def plot_val_curves(curves: Sequence[tuple[str, list[dict]]], path: Path,
     ax.set_xlabel("training step")
     ax.set_ylabel("validation SI-SDRi (dB)")
     ax.set_title("validation SI-SDRi")
-    ax.legend(fontsize=8)
+    _legend(ax, len(curves))
     ax.grid(alpha=0.3)
     return [_save(fig, plt, path)]
 
@@ -119,7 +120,7 @@ def plot_histograms(series: Sequence[tuple[str, np.ndarray]], path: Path) -> lis
     hi = max(v.max() for _, v in series)
     n = max(v.size for _, v in series)
     bins = np.linspace(np.floor(lo), np.ceil(hi) + 1e-9, int(np.clip(2 * np.sqrt(n), 8, 40)) + 1)
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=_figsize(len(series)))
     for (name, values), color in zip(series, colors):
         ax.hist(values, bins=bins, density=True, histtype="step", linewidth=1.6, color=color,
                 label=f"{name}: mean {values.mean():.2f}, p5 {np.percentile(values, 5):.2f} "
@@ -132,7 +133,7 @@ def plot_histograms(series: Sequence[tuple[str, np.ndarray]], path: Path) -> lis
     ax.set_xlabel("test SI-SDRi per source (dB)")
     ax.set_ylabel("density (log scale)" if log else "density")
     ax.set_title("test SI-SDRi (dashed: mean)")
-    ax.legend(fontsize=8)
+    _legend(ax, len(series))
     ax.grid(alpha=0.3)
     return [_save(fig, plt, path)]
 
@@ -152,6 +153,18 @@ def save_run_plots(run_dir: Path, name: Optional[str] = None, quiet: bool = Fals
     if saved and not quiet:
         print("plots: " + ", ".join(str(p) for p in saved))
     return saved
+
+
+def _figsize(lines: int) -> tuple[float, float]:
+    return (7, 4) if lines <= OUTSIDE_LEGEND else (10, 4.5)
+
+
+def _legend(ax, lines: int) -> None:
+    """Inside the axes for a few lines; to their right for a sweep, so it hides no data."""
+    if lines <= OUTSIDE_LEGEND:
+        ax.legend(fontsize=8)
+    else:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
 
 
 def _save(fig, plt, path: Path) -> Path:
