@@ -159,7 +159,11 @@ def resample(x: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
     """soxr (high quality) along the last axis of (T,) or (C, T)."""
     if rate_in == rate_out:
         return x
-    import soxr
+    try:
+        import soxr
+    except ImportError:
+        raise RuntimeError(f"resampling from {rate_in} Hz to {rate_out} Hz needs soxr "
+                           f"(pip install soxr)") from None
 
     y = soxr.resample(np.ascontiguousarray(x.T), rate_in, rate_out, quality="HQ")
     return y.T
@@ -295,7 +299,7 @@ def main(argv=None) -> list[Path]:
             sources, rate, note = separate_file(
                 model, path, chunk=chunk, overlap=overlap, batch_size=args.batch_size,
                 device=device, show_progress=not args.no_progress)
-        except AudioFileError as exc:
+        except (AudioFileError, RuntimeError) as exc:
             _fail(str(exc))
         files = write_sources(sources, rate, out_dir, path.stem)
         written += files
