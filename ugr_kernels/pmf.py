@@ -17,7 +17,7 @@ from typing import Callable, NamedTuple, Optional, Union
 import torch
 from torch import Tensor
 
-from .weighting import Constant, Robust, Uniform, Weighting, WeightingTerms
+from .weighting import Robust, Uniform, Weighting, WeightingTerms
 
 
 def softmax_pmf(scores: Tensor, mask: Optional[Tensor] = None, process_group=None) -> Tensor:
@@ -169,7 +169,9 @@ def weighting_terms(weighting: Union[Weighting, float, None], *, step: int = 0, 
     if weighting is None:
         weighting = Uniform()
     elif isinstance(weighting, (int, float)) and not isinstance(weighting, bool):
-        weighting = Robust(Constant(float(weighting)))
+        if not math.isfinite(weighting):
+            raise ValueError(f"weighting alpha must be finite, got {weighting}")
+        weighting = Robust(float(weighting))
     elif not isinstance(weighting, Weighting):
         raise ValueError(f"weighting must be a ugr_kernels Weighting scheme, a float alpha or "
                          f"None, got {type(weighting).__name__}")
