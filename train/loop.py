@@ -220,6 +220,9 @@ class Trainer:
         results = {}
         if not args.no_test:
             results = self.final_test()
+        if self.main:  # pictures of the run, when matplotlib is installed
+            from .plots import save_run_plots
+            save_run_plots(self.run_dir)
         D.shutdown(self.dist)
         return results
 
@@ -352,25 +355,13 @@ class Trainer:
                        backend=self._eval_backend(), progress=progress)
         if progress is not None:
             progress.close()
-        summary = summarize(res["sisdri"])
-        classes = per_class(res["sisdri"], res["labels"], self.class_names)
-        out = {"step": self.step, "wall_seconds": round(time.perf_counter() - self._t0, 1),
-               "test": summary, "per_class": classes,
-               "non_finite_steps": self.non_finite_steps, "items": int(res["sisdri"].size)}
-        (self.run_dir / "results.json").write_text(json.dumps(out, indent=2))
-        with open(self.run_dir / "test_sisdri.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["example", "label", "class", "sisdr", "sisdri"])
-            for e, lab, s, si in zip(res["example"], res["labels"], res["sisdr"], res["sisdri"]):
-                name = self.class_names[int(lab)] if int(lab) < len(self.class_names) else str(lab)
-                w.writerow([int(e), int(lab), name, f"{s:.4f}", f"{si:.4f}"])
-        print(format_table({"test": summary}, title="test SI-SDRi (dB)"))
-        if self.args.task == "mixed" or len(classes) <= 10:
-            cols = ("count", "mean", "std", "p5", "p50", "p95")
-            print(format_table(classes, columns=cols, title="per class"))
+        from .results import write_results
+
+        info = {"step": self.step, "wall_seconds": round(time.perf_counter() - self._t0, 1),
+                "non_finite_steps": self.non_finite_steps}
+        out = write_results(self.run_dir, res, self.class_names, info=info)
         if self.non_finite_steps:
             print(f"{self.non_finite_steps} step(s) were skipped for a non-finite loss/gradient.")
-        print(f"results: {self.run_dir / 'results.json'}, {self.run_dir / 'test_sisdri.csv'}")
         return out
 
 

@@ -3,37 +3,33 @@
 Reads each run's ``results.json``, ``test_sisdri.csv`` and ``metrics.jsonl``;
 prints the paper's table (one row per run) and, where present, the per-class
 table; saves ``sisdri_hist.png`` (log-density histogram of test SI-SDRi, as in
-the paper's figure) and ``val_curves.png`` when matplotlib is installed.
+the paper's figure) and ``val_curves.png`` when matplotlib is installed, with the
+arms of a sweep in one colour each and their seeds in shades (see ``train.plots``).
+Each run folder already holds its own pictures from the end of training.
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from pathlib import Path
 
-import numpy as np
-
 from .evaluate import COLUMNS, format_table
+from .plots import plot_histograms, plot_val_curves, read_test_items, read_val_curve
 
 
 def load_run(run_dir: Path) -> dict:
+    """A run folder's results, per-item test SI-SDRi and validation curve (whatever exists)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise SystemExit(f"not a run folder: {run_dir}")
-    run = {"name": run_dir.name, "dir": run_dir, "results": None, "sisdri": None, "val": []}
+    run = {"name": run_dir.name, "dir": run_dir, "results": None, "sisdri": None}
     if (run_dir / "results.json").exists():
         run["results"] = json.loads((run_dir / "results.json").read_text())
-    if (run_dir / "test_sisdri.csv").exists():
-        with open(run_dir / "test_sisdri.csv") as f:
-            rows = list(csv.DictReader(f))
-        run["sisdri"] = np.array([float(r["sisdri"]) for r in rows])
-        run["classes"] = np.array([r["class"] for r in rows])
-    if (run_dir / "metrics.jsonl").exists():
-        for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-            rec = json.loads(line)
-            if rec.get("kind") == "val":
-                run["val"].append((rec["step"], rec["mean"]))
+    items = read_test_items(run_dir)
+    if items is not None:
+        run["sisdri"], run["classes"] = items["sisdri"], items["classes"]
+    run["val_rows"] = read_val_curve(run_dir)
+    run["val"] = [(r["step"], r["mean"]) for r in run["val_rows"]]
     return run
 
 
@@ -52,52 +48,24 @@ def tables(runs: list[dict]) -> str:
 
 
 def plot(runs: list[dict], out_dir: Path, labels: list[str] | None = None) -> list[Path]:
-    """Histogram (log density) of test SI-SDRi and validation curves; [] without matplotlib."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plots (pip install matplotlib)")
-        return []
-    out_dir.mkdir(parents=True, exist_ok=True)
-    saved = []
+    """``sisdri_hist.png`` (log-density histogram of test SI-SDRi) and ``val_curves.png``
+    of several runs; the arms of a sweep get a colour each, their seeds shades of it
+    (runs named ``<arm>_seed<k>`` or labelled ``<arm> seed <k>``). [] without matplotlib."""
     names = labels or [r["name"] for r in runs]
-    with_values = [(n, r) for n, r in zip(names, runs) if r["sisdri"] is not None]
-    if with_values:
-        fig, ax = plt.subplots(figsize=(7, 4))
-        lo = min(r["sisdri"].min() for _, r in with_values)
-        hi = max(r["sisdri"].max() for _, r in with_values)
-        bins = np.linspace(np.floor(lo), np.ceil(hi), 40)
-        for name, r in with_values:
-            ax.hist(r["sisdri"], bins=bins, density=True, histtype="step", linewidth=1.6,
-                    label=f"{name} (mean {r['sisdri'].mean():.1f}, std {r['sisdri'].std():.1f})")
-        ax.set_yscale("log")
-        ax.set_xlabel("test SI-SDRi (dB)")
-        ax.set_ylabel("density (log scale)")
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        path = out_dir / "sisdri_hist.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        saved.append(path)
-    with_curves = [(n, r) for n, r in zip(names, runs) if r["val"]]
-    if with_curves:
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for name, r in with_curves:
-            steps, means = zip(*r["val"])
-            ax.plot(steps, means, marker="o", markersize=3, label=name)
-        ax.set_xlabel("step")
-        ax.set_ylabel("validation SI-SDRi (dB)")
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        path = out_dir / "val_curves.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        saved.append(path)
+    out_dir = Path(out_dir)
+    saved = plot_histograms([(n, r["sisdri"]) for n, r in zip(names, runs)],
+                            out_dir / "sisdri_hist.png")
+    saved += plot_val_curves([(n, r.get("val_rows") or []) for n, r in zip(names, runs)],
+                             out_dir / "val_curves.png")
+    if not saved and runs and _no_matplotlib():
+        print("matplotlib is not installed: no plots (pip install matplotlib)")
     return saved
+
+
+def _no_matplotlib() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is None
 
 
 def main(argv=None):

@@ -12,7 +12,7 @@ import warnings
 from . import backends
 from .api import WeightedSISDRResult, permutation_table, pit_best_perm, sisdr_from_stats, weighted_sisdr
 from .loss import WeightedSISDRLoss
-from .pmf import softmax_pmf
+from .pmf import Reweighted, reweight, softmax_pmf
 from .reference import pairwise_sisdr
 from .weighting import (ClassBias, Constant, Cosine, Curriculum, Custom, Exponential,
                         InverseTemperature, Linear, Robust, Schedule, Step, Uniform, Weighting)
@@ -28,6 +28,7 @@ except ImportError:
 
 __all__ = [
     "weighted_sisdr", "WeightedSISDRResult", "WeightedSISDRLoss", "softmax_pmf",
+    "reweight", "Reweighted",
     "pairwise_sisdr", "pit_best_perm", "permutation_table", "sisdr_from_stats", "backends",
     "Weighting", "Uniform", "Robust", "Curriculum", "ClassBias", "Custom",
     "Schedule", "Constant", "Linear", "Cosine", "Exponential", "Step", "InverseTemperature",

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from . import backends
 from .ops import sufficient_stats
-from .pmf import softmax_pmf, world_size
+from .pmf import weighted_item_loss
 from .reference import pairwise_sisdr
 
 # PIT: exhaustive search for C <= MAX_PIT_SOURCES, the exact batched Hungarian solver
@@ -196,9 +196,8 @@ def weighted_sisdr(
         item_valid = count > 0
         if mask is not None:
             item_valid = item_valid & mask.to(torch.bool).reshape(-1).expand(batch)
-    score = _score(item_loss.detach(), alpha, bias, score_fn)
-    weights = softmax_pmf(score, item_valid, process_group)
-    loss = (weights * item_loss).sum() * world_size(process_group)
+    loss, weights, _ = weighted_item_loss(item_loss, item_valid, alpha=alpha, bias=bias,
+                                          score_fn=score_fn, process_group=process_group)
 
     return WeightedSISDRResult(
         loss=loss.to(out_dtype),

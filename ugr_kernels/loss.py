@@ -1,13 +1,13 @@
 """``WeightedSISDRLoss``: the ``nn.Module`` form of ``weighted_sisdr`` with a weighting scheme."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
-import torch
 from torch import Tensor, nn
 
 from .api import WeightedSISDRResult, weighted_sisdr
-from .weighting import Uniform, Weighting
+from .pmf import weighting_terms
+from .weighting import Robust, Uniform, Weighting
 
 
 class WeightedSISDRLoss(nn.Module):
@@ -24,14 +24,19 @@ class WeightedSISDRLoss(nn.Module):
         result = criterion(est, ref, labels=labels, return_result=True)  # all per-item outputs
 
     Args:
-        weighting: a scheme from ``ugr_kernels.weighting`` (default ``Uniform()``).
+        weighting: a scheme from ``ugr_kernels.weighting``, a plain float alpha
+            (``Robust(alpha)``) or None (``Uniform()``), as for ``ugr_kernels.reweight``.
         **options: forwarded to ``weighted_sisdr`` (``granularity``, ``pit``,
             ``zero_mean``, ``eps``, ``clamp_db``, ``backend``, ``process_group``, ...).
     """
 
-    def __init__(self, weighting: Optional[Weighting] = None, **options):
+    def __init__(self, weighting: Union[Weighting, float, None] = None, **options):
         super().__init__()
-        self.weighting = weighting if weighting is not None else Uniform()
+        if weighting is None:
+            weighting = Uniform()
+        elif isinstance(weighting, (int, float)) and not isinstance(weighting, bool):
+            weighting = Robust(float(weighting))
+        self.weighting = weighting
         self.options = options
 
     def forward(self, est: Tensor, ref: Tensor, mixture: Optional[Tensor] = None, *,
@@ -41,7 +46,7 @@ class WeightedSISDRLoss(nn.Module):
 
         Returns the scalar loss, or the full ``WeightedSISDRResult`` with ``return_result``.
         """
-        terms = self.weighting.terms(step=step, epoch=epoch, labels=labels)
+        terms = weighting_terms(self.weighting, step=step, epoch=epoch, labels=labels)
         result: WeightedSISDRResult = weighted_sisdr(
             est, ref, mixture=mixture, alpha=terms.alpha, bias=terms.bias, mask=mask,
             score_fn=terms.score_fn(), **self.options)
