@@ -20,7 +20,7 @@ from typing import Callable, NamedTuple, Optional, Union
 import torch
 from torch import Tensor
 
-from . import backends
+from . import backends, fused
 from .ops import sufficient_stats
 from .pmf import softmax_pmf, world_size
 from .reference import pairwise_sisdr
@@ -136,6 +136,15 @@ def weighted_sisdr(
         raise ValueError(f"PIT over C={n_src} sources is not supported (exhaustive search "
                          f"handles C <= {MAX_PIT_SOURCES}); pass pit=False or fewer sources")
     out_dtype = torch.float64 if est.dtype == torch.float64 else torch.float32
+
+    if backend != "reference" and score_fn is None and process_group is None:
+        # One fused op forward and one backward where the backend has them (fused.py).
+        ops = fused.ops_for(backends.resolve(backend, est.device.type))
+        if ops is not None and not ref.requires_grad \
+                and not (mixture is not None and mixture.requires_grad):
+            return WeightedSISDRResult(*fused.fused_weighted_sisdr(
+                ops, est, ref, mixture, alpha, bias, mask, granularity, pit, zero_mean, eps,
+                clamp_db, check))
 
     if backend == "reference":
         if check:
