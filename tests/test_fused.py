@@ -464,3 +464,47 @@ def test_python_autograd_glue_for_other_backends():
         torch.library.opcheck(test_fwd, _fwd_args())
     finally:
         fused.FUSED_BACKENDS.pop("test-python-glue", None)
+
+
+def _group_worker(rank, world, port, granularity, out):
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        est, ref, mix = batch(4, 2, 300, seed=50)
+        bias = rand(4, 2, seed=51) if granularity == "source" else rand(4, seed=51)
+        part = slice(2 * rank, 2 * rank + 2)
+        e = est[part].clone().requires_grad_(True)
+        res = uk.weighted_sisdr(e, ref[part], mixture=mix[part], alpha=0.3, bias=bias[part],
+                                granularity=granularity, backend="cpp",
+                                process_group=dist.group.WORLD)
+        g, = torch.autograd.grad(res.loss, e)
+        out[rank] = (res.loss.detach(), res.weights, g)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("granularity", ["source", "example"])
+def test_process_group_equals_one_process_on_the_whole_batch(granularity):
+    """With a process group the pmf spans both ranks (the epilogue splits at the two
+    all-reduces); each rank's loss is scaled by the world size for DDP's mean."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = mp.Manager().dict()
+    mp.spawn(_group_worker, args=(2, port, granularity, out), nprocs=2, join=True)
+    est, ref, mix = batch(4, 2, 300, seed=50)
+    bias = rand(4, 2, seed=51) if granularity == "source" else rand(4, seed=51)
+    want, g_want = run(est, ref, "cpp", mixture=mix, alpha=0.3, bias=bias,
+                       granularity=granularity)
+    torch.testing.assert_close(out[0][0] + out[1][0], 2 * want.loss)
+    torch.testing.assert_close(torch.cat([out[0][1], out[1][1]]), want.weights)
+    torch.testing.assert_close(torch.cat([out[0][2], out[1][2]]) / 2, g_want, rtol=1e-9,
+                               atol=1e-15)

@@ -137,14 +137,14 @@ def weighted_sisdr(
                          f"handles C <= {MAX_PIT_SOURCES}); pass pit=False or fewer sources")
     out_dtype = torch.float64 if est.dtype == torch.float64 else torch.float32
 
-    if backend != "reference" and score_fn is None and process_group is None:
+    if backend != "reference" and score_fn is None:
         # One fused op forward and one backward where the backend has them (fused.py).
         ops = fused.ops_for(backends.resolve(backend, est.device.type))
         if ops is not None and not ref.requires_grad \
                 and not (mixture is not None and mixture.requires_grad):
             return WeightedSISDRResult(*fused.fused_weighted_sisdr(
                 ops, est, ref, mixture, alpha, bias, mask, granularity, pit, zero_mean, eps,
-                clamp_db, check))
+                clamp_db, check, process_group))
 
     if backend == "reference":
         if check:

@@ -1,7 +1,8 @@
 """The fused path: the whole weighted PIT SI-SDR(i) as one op forward and one op backward.
 
 ``weighted_sisdr`` (``api.py``) takes this path when the resolved backend has fused ops
-(``FUSED_BACKENDS``), ``score_fn`` and ``process_group`` are None, PIT is exhaustive
+(``FUSED_BACKENDS``), ``score_fn`` is None (with a ``process_group`` the pmf is then
+formed over the ranks in torch, see ``fused_weighted_sisdr``), PIT is exhaustive
 (C <= 6 or ``pit=False``) and neither ``ref`` nor ``mixture`` needs a gradient; everything
 else goes through the two passes and the torch epilogue (the readable reference path).
 
@@ -179,17 +180,25 @@ register_backend("cpp", WEIGHTED_SISDR_FWD, WEIGHTED_SISDR_BWD,
 
 def fused_weighted_sisdr(ops: FusedOps, est: Tensor, ref: Tensor, mixture: Optional[Tensor],
                          alpha, bias, mask, granularity: str, pit: bool, zero_mean: bool,
-                         eps: float, clamp_db: Optional[float], check: bool):
+                         eps: float, clamp_db: Optional[float], check: bool,
+                         process_group=None):
     """The fields of ``WeightedSISDRResult`` from one fused forward (inputs already checked
-    by ``api._check_inputs``); ``check``: raise on non-finite inputs (one host sync)."""
+    by ``api._check_inputs``); ``check``: raise on non-finite inputs (one host sync).
+
+    With a ``process_group`` the pmf must span every rank: the op's local weights and
+    loss are dropped and the epilogue splits at the two all-reduces (``softmax_pmf``),
+    the loss taking its gradient through the op's sisdr / sisdri outputs, so the
+    backward is still the one fused pass (with the same per-item factors as one process
+    holding the whole batch).
+    """
     batch, n_src = est.shape[0], est.shape[1]
     by_source = granularity == "source"
     items = (batch, n_src) if by_source else (batch,)
     device = est.device
+    alpha = _alpha_tensor(alpha, device)
+    bias = _item_tensor(bias, items, torch.float64, "bias", device)
     loss, sisdr, sisdri, weights, perm, valid, coef = ops.fwd(
-        est, ref, mixture, _alpha_tensor(alpha, device),
-        _item_tensor(bias, items, torch.float64, "bias", device),
-        _item_tensor(mask, items, torch.bool, "mask", device),
+        est, ref, mixture, alpha, bias, _item_tensor(mask, items, torch.bool, "mask", device),
         by_source, pit, zero_mean, float(eps),
         math.inf if clamp_db is None else float(clamp_db))
     if check:
@@ -198,7 +207,28 @@ def fused_weighted_sisdr(ops: FusedOps, est: Tensor, ref: Tensor, mixture: Optio
             if bad:
                 raise ValueError(f"{name} contains NaN or inf values (or float64 values too "
                                  f"large to square)")
-    return loss, sisdr, sisdri if mixture is not None else None, weights, perm, valid
+    sisdri = sisdri if mixture is not None else None
+    if process_group is not None:
+        loss, weights = _group_loss(sisdr, sisdri, valid, by_source, alpha, bias, process_group)
+    return loss, sisdr, sisdri, weights, perm, valid
+
+
+def _group_loss(sisdr, sisdri, valid, by_source, alpha, bias, group):
+    """The pmf over all ranks of ``group`` and the loss (times the world size)."""
+    from .pmf import softmax_pmf, world_size
+
+    item_loss = -(sisdri if sisdri is not None else sisdr).double()
+    item_valid = valid
+    if not by_source:
+        count = valid.sum(1)         # valid is False for a whole example masked by the user
+        item_loss = item_loss.sum(1) / count.clamp(min=1)
+        item_valid = count > 0
+    score = item_loss.detach() * alpha
+    if bias is not None:
+        score = score + bias
+    weights = softmax_pmf(score, item_valid, group)
+    loss = (weights * item_loss).sum() * world_size(group)
+    return loss.to(sisdr.dtype), weights.to(sisdr.dtype)
 
 
 def _alpha_tensor(alpha, device) -> Tensor:
