@@ -46,7 +46,8 @@ def _want_cuda() -> bool:
 
 def _extension():
     sources = _rel([os.path.join(HERE, "csrc", "bindings.cpp"),
-                    os.path.join(HERE, "csrc", "ugr_cpu.cpp")])
+                    os.path.join(HERE, "csrc", "ugr_cpu.cpp"),
+                    os.path.join(HERE, "csrc", "ugr_fused_cpu.cpp")])
     include_dirs = [os.path.join(HERE, "csrc")]
     # The C++ standard flag comes from torch (C++20 for torch 2.13).
     cxx = ["-O3", "-fopenmp", "-fno-math-errno"]

@@ -4,7 +4,10 @@
         --benchmark-json bench/results/cpu.json
 
 Rows (each a full forward + backward w.r.t. the estimates, float32 inputs):
-  ugr-cpp        ugr_kernels.weighted_sisdr, C++/OpenMP backend
+  ugr-cpp        ugr_kernels.weighted_sisdr, C++/OpenMP backend (the fused path: one op
+                 forward, one op backward, epilogue in C++)
+  ugr-cpp-2pass  the same with the fused path off (ugr_kernels.fused.disabled()): the two
+                 C++ passes and the torch epilogue with its autograd graph
   ugr-torch      same API, pure-torch statistics backend
   eager          the textbook loss as users write it: pairwise SI-SDR over T in float32
                  with autograd, exhaustive PIT, mean (ugr_kernels.pairwise_sisdr + pit_best_perm)
@@ -12,13 +15,18 @@ Rows (each a full forward + backward w.r.t. the estimates, float32 inputs):
   torchmetrics   permutation_invariant_training(scale_invariant_signal_distortion_ratio)
   fast_bss_eval  fast_bss_eval.si_sdr_pit_loss
   floor          reading est and ref once (est.sum() + ref.sum()): the memory floor
-Plus the weighting overhead: ugr-cpp with alpha=0.1 and a bias vs the plain mean loss.
+Plus the weighting overhead: ugr-cpp with alpha=0.1 and a bias vs the plain mean loss,
+and ``test_fused_rows``: fused vs two-pass vs floor at B4-C2-T16 (the fixed per-call
+cost), B4-C2-T8000 and B64-C2-T64000 (a short run of its own, see bench/README.md):
+
+    pytest bench/bench_loss.py --benchmark-only -k fused_rows \
+        --benchmark-json bench/results/cpu-loss-fused.json
 """
 import pytest
 import torch
 
 import ugr_kernels as uk
-from ugr_kernels import backends
+from ugr_kernels import backends, fused
 
 SHAPES = [(b, c, t) for b in (4, 16, 64) for c in (2, 4) for t in (8000, 32000, 64000)]
 HAS_CPP = backends.is_available("cpp", "cpu")
@@ -61,6 +69,7 @@ def fast_bss_eval_loss(est, ref):
 
 IMPLS = {
     "ugr-cpp": lambda e, r: uk.weighted_sisdr(e, r, backend="cpp", check_finite=False).loss,
+    "ugr-cpp-2pass": lambda e, r: _two_pass(e, r),
     "ugr-torch": lambda e, r: uk.weighted_sisdr(e, r, backend="torch", check_finite=False).loss,
     "eager": eager_loss,
     "compiled": compiled_loss,
@@ -69,8 +78,13 @@ IMPLS = {
 }
 
 
+def _two_pass(est, ref):
+    with fused.disabled():
+        return uk.weighted_sisdr(est, ref, backend="cpp", check_finite=False).loss
+
+
 def _skip_if_missing(name):
-    if name == "ugr-cpp" and not HAS_CPP:
+    if name.startswith("ugr-cpp") and not HAS_CPP:
         pytest.skip("ugr_kernels._C not built")
     if name == "torchmetrics":
         pytest.importorskip("torchmetrics")
@@ -124,3 +138,24 @@ def test_weighting_overhead(benchmark, weighted):
     benchmark.extra_info.update(impl="ugr-cpp weighted" if weighted else "ugr-cpp plain",
                                 shape=[16, 2, 32000])
     benchmark.pedantic(_fwd_bwd(fn, est, ref), rounds=20, iterations=1, warmup_rounds=2)
+
+
+FUSED_SHAPES = [(4, 2, 16), (4, 2, 8000), (64, 2, 64000)]
+
+
+@pytest.mark.parametrize("shape", FUSED_SHAPES, ids=lambda s: "B{}-C{}-T{}".format(*s))
+@pytest.mark.parametrize("impl", ["floor", "ugr-cpp", "ugr-cpp-2pass"])
+def test_fused_rows(benchmark, impl, shape):
+    """The fused C++ path against the two-pass path and the read-once floor."""
+    _skip_if_missing(impl)
+    est, ref = _inputs(*shape)
+    benchmark.group = "fused B{}-C{}-T{}".format(*shape)
+    benchmark.extra_info.update(impl=impl, shape=list(shape))
+    if impl == "floor":
+        e = est.detach()
+        fn = lambda: (e.sum() + ref.sum()).item()  # noqa: E731
+    else:
+        fn = _fwd_bwd(IMPLS[impl], est, ref)
+    tiny = shape[2] < 1000
+    benchmark.pedantic(fn, rounds=300 if tiny else _rounds(*shape) + 5, iterations=1,
+                       warmup_rounds=20 if tiny else 2)

@@ -3,6 +3,10 @@
 
 #include "ugr.h"
 
+// Defined in ugr_fused_cpu.cpp, which registers the fused ops' CPU kernels with
+// the dispatcher (TORCH_LIBRARY_IMPL); their schemas live in ugr_kernels/fused.py.
+int64_t fused_coef_width();
+
 namespace {
 
 bool has_cuda() {
@@ -28,6 +32,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("has_cuda", &has_cuda, "True when the extension was compiled with the CUDA kernels");
   m.def("tile_size", []() { return ugr::kCpuTile; },
         "samples per (example, tile) work item of the CPU kernels");
+  m.def("fused_coef_width", &fused_coef_width,
+        "values per item in the coef output of ugr::weighted_sisdr_fwd (see ugr_fused_cpu.cpp)");
   m.def("cpu_isa", &cpu_isa, "which compiled copy of the CPU kernels runs (ugr_base, ugr_avx2)");
   m.def("set_cpu_isa", &set_cpu_isa, py::arg("name"),
         "choose the CPU kernels: 'auto' (best for this CPU), 'base' or 'avx2' (tests, benchmarks)");

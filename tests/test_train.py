@@ -161,10 +161,14 @@ def test_ddp_two_processes_equal_one_process_on_the_combined_batch(tmp_path):
     one, two = params(tmp_path / "one" / "checkpoint.pt"), params(tmp_path / "two" / "checkpoint.pt")
     # decoder.bias adds a DC offset, to which zero-mean SI-SDR is blind: its true gradient
     # is exactly 0, and Adam normalises the rounding noise left in it into +-lr steps that
-    # differ with any change of summation order. Every other parameter must agree.
+    # differ with any change of summation order. Every other parameter must agree to
+    # 1e-5 (Adam steps are ~1e-3): one process holds the whole batch, each rank half, so
+    # the per-item loss gradients reach est through differently rounded float32 factors
+    # (the fused op's loss vs its sisdr output under the rank split), a ~1e-7 relative
+    # difference that Adam's normalisation lifts to ~3e-6 in a few weights.
     for k in one:
         if k != "decoder.bias":
-            torch.testing.assert_close(two[k], one[k], rtol=0, atol=1e-6, msg=k)
+            torch.testing.assert_close(two[k], one[k], rtol=0, atol=1e-5, msg=k)
     moved = params(tmp_path / "one" / "checkpoint.pt")
     assert any(not torch.equal(moved[k], torch.zeros_like(moved[k])) for k in moved)
 

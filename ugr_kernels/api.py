@@ -20,7 +20,7 @@ from typing import Callable, NamedTuple, Optional, Union
 import torch
 from torch import Tensor
 
-from . import backends
+from . import backends, fused
 from .ops import sufficient_stats
 from .pmf import weighted_item_loss
 from .reference import pairwise_sisdr
@@ -143,6 +143,16 @@ def weighted_sisdr(
     mask = _check_items("mask", mask, items, est.device)
     out_dtype = torch.float64 if est.dtype == torch.float64 else torch.float32
     finite_checks = []   # (name, 0-d bool tensor): all read with one host sync below
+
+    if backend != "reference" and score_fn is None:
+        # One fused op forward and one backward where the backend has them (fused.py).
+        ops = fused.ops_for(backends.resolve(backend, est.device.type))
+        if ops is not None and not ref.requires_grad \
+                and not (mixture is not None and mixture.requires_grad) \
+                and not (pit and n_src > MAX_PIT_SOURCES):
+            return WeightedSISDRResult(*fused.fused_weighted_sisdr(
+                ops, est, ref, mixture, alpha, bias, mask, granularity, pit, zero_mean, eps,
+                clamp_db, check, process_group))
 
     # The mixture's SI-SDR is differentiated like the estimates' when ref (or the
     # mixture) needs grad: SI-SDRi depends on ref through both terms.
@@ -340,6 +350,8 @@ def _check_items(name: str, value, items: tuple, device) -> Optional[Tensor]:
     if not isinstance(value, Tensor):
         raise ValueError(f"{name} must be a torch.Tensor broadcastable to {what} = {items}, "
                          f"got {type(value).__name__}")
+    if len(items) == 1 and value.dim() == 2 and value.shape[1] == 1:
+        value = value[:, 0]              # (B, 1): one value per example
     try:
         torch.broadcast_shapes(value.shape, items)
         ok = value.dim() <= len(items)

@@ -16,8 +16,9 @@ to ``est`` wired through two ``torch.library.triton_op`` ops:
 only allocates and launches, so it is its own fake implementation.
 
 Semantics are those of ``weighted_sisdr(..., score_fn=None, process_group=None)``;
-``coef`` is (B, C, 8) float64 indexed by *estimate* k, fields
-``j, w, v1, v0, a, c, mx_k, my_j`` (``fused_kernels`` explains each). The T-tile is
+``coef`` is (B, C, 11) float64 indexed by *estimate* k, fields
+``j, w, v1, v0, a, c, mx_k, my_j, nf_est, nf_ref, nf_mix`` (``fused_kernels`` explains
+each; ``FINITE_FLAGS`` are the last three). The T-tile is
 ``BLOCK_T`` here, else ``$UGR_TRITON_BLOCK_T``, else 1024 (512 above 3 sources plus
 mixture, to bound the float64 registers of a tile).
 """
@@ -32,26 +33,22 @@ import torch
 from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
+from ...fused import register_backend
+from . import _cdiv, _device_ctx, _interpreting
 from . import fused_kernels as fk
 
 #: Override of the T-tile (a power of two >= 16); None: ``$UGR_TRITON_BLOCK_T`` or default.
 BLOCK_T = None
 COEF_FIELDS = fk.COEF_FIELDS
+#: coef slots flagging non-finite est, ref, mixture rows (read by ``check_finite``).
+FINITE_FLAGS = slice(8, 11)
 _MAX_GRID_Y = 65535
 #: Elements of one float64 working tile of the epilogue (registers per field).
 _EPILOGUE_TILE = 2048
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
 def _pow2(n: int, lo: int = 2) -> int:
     return max(lo, 1 << max(0, (int(n) - 1).bit_length()))
-
-
-def _cdiv(a, b):
-    return -(-a // b)
 
 
 def block_t(rows: int) -> int:
@@ -94,21 +91,6 @@ def _shape_only(t: Tensor) -> bool:
     return isinstance(t, FakeTensor) or t.device.type == "meta"
 
 
-class _device_ctx:
-    """Make the tensors' GPU current for the launches (Triton launches on the current one)."""
-
-    def __init__(self, device: torch.device):
-        self.ctx = torch.cuda.device(device) if device.type == "cuda" else None
-
-    def __enter__(self):
-        if self.ctx is not None:
-            self.ctx.__enter__()
-
-    def __exit__(self, *exc):
-        if self.ctx is not None:
-            self.ctx.__exit__(*exc)
-
-
 @triton_op("ugr::triton_weighted_sisdr_fwd", mutates_args=())
 def weighted_sisdr_fwd(est: Tensor, ref: Tensor, mixture: Optional[Tensor], alpha: Tensor,
                        bias: Optional[Tensor], mask: Optional[Tensor],
@@ -128,7 +110,7 @@ def weighted_sisdr_fwd(est: Tensor, ref: Tensor, mixture: Optional[Tensor], alph
     odt = torch.float64 if out_f64 else torch.float32
     n_fields = 2 * rows + 2 * n_src + rows * n_src
     pairs = rows * n_src
-    work = 6 * pairs + 2 * n_src + 1
+    work = fk.WORKSPACE_PER_PAIR * pairs + 2 * n_src + 1
     part = est.new_empty((batch * n_tiles * n_fields + batch * work,), dtype=torch.float64)
     loss = est.new_empty((), dtype=odt)
     sisdr = est.new_empty((batch, n_src), dtype=odt)
@@ -239,7 +221,7 @@ def fused_forward(est: Tensor, ref: Tensor, mixture: Optional[Tensor],
     Returns:
         (loss, sisdr, sisdri, weights, perm, valid, coef): float outputs float64 for
         float64 inputs else float32; sisdri is zeros without a mixture; valid is
-        ``WeightedSISDRResult.mask``; coef (B, C, 8) float64 for the backward op.
+        ``WeightedSISDRResult.mask``; coef (B, C, 11) float64 for the backward op.
     """
     if torch.is_grad_enabled() and ref.requires_grad:
         raise ValueError("the fused Triton weighted SI-SDR differentiates est only; "
@@ -264,3 +246,15 @@ def fused_forward(est: Tensor, ref: Tensor, mixture: Optional[Tensor],
                               None if mixture is None else mixture.contiguous(), alpha, bias,
                               mask, table, bool(by_source), bool(zero_mean), float(eps),
                               math.inf if clamp_db is None else float(clamp_db))
+
+
+def _registry_forward(est, ref, mixture, alpha, bias, mask, by_source, pit, zero_mean, eps,
+                      clamp_db):
+    """``fused_forward`` with the argument order of ``ugr_kernels.fused``'s registry."""
+    return fused_forward(est, ref, mixture, alpha, bias, mask, by_source, pit, zero_mean, eps,
+                         clamp_db)
+
+
+# Interpreted kernels (CPU tests) cannot be traced: compiled code takes the two passes.
+register_backend("triton", _registry_forward, None, autograd=False, flags=FINITE_FLAGS,
+                 traceable=not _interpreting())

@@ -18,14 +18,17 @@ Layouts (all float64)
     partials ``part[(b * n_tiles + tile) * NF + f]``, NF = 2 CE + 2 C + CE C with
     CE = C + HAS_MIX rows of "estimates": ``mean_x[CE] | mean_y[C] | sxx[CE] | syy[C]
     | sxy[CE*C]`` (row-major i, j), each centred on the tile's own means.
-    workspace (after the partials, per example, WS = 6 QN + 2 C + 1, QN = CE C) in
-    "pair space" q = i C + j: ``sdr | valid | a | c | mx_i | my_j`` then the item
+    workspace (after the partials, per example, WS = 8 QN + 2 C + 1, QN = CE C) in
+    "pair space" q = i C + j: ``sdr | valid | a | c | mx_i | my_j | nf_i | nf_j``
+    (nf: the row holds NaN/inf) then the item
     scores F and losses L (C slots, or 1 for example granularity) and the count of
     valid sources.
     coef ``coef[b, k, :]`` per *estimate* k (its reference is j = inv perm):
-    ``j, w, v1, v0, a, c, mx_k, my_j`` (``COEF_FIELDS``): w = d loss / d SI-SDR(k, j),
-    v1 / v0 = 1 where the ``sisdr`` / ``sisdri`` output of reference j carries a
-    gradient, a = d SI-SDR / d sxy[k, j], c = 2 d SI-SDR / d sxx[k].
+    ``j, w, v1, v0, a, c, mx_k, my_j, nf_est, nf_ref, nf_mix`` (``COEF_FIELDS``):
+    w = d loss / d SI-SDR(k, j), v1 / v0 = 1 where the ``sisdr`` / ``sisdri`` output of
+    reference j carries a gradient, a = d SI-SDR / d sxy[k, j], c = 2 d SI-SDR / d sxx[k],
+    nf_* = 1 where est row k, ref row j, the example's mixture hold NaN/inf (what
+    ``check_finite`` reads with one host sync).
 
 No ``from __future__ import annotations``: the interpreter needs real ``tl.constexpr``
 annotations. Loops over runtime bounds take a ``*_STATIC`` constexpr under the
@@ -35,7 +38,10 @@ interpreter (NumPy >= 2.4 cannot ``range`` over a scalar argument); 0 on a GPU.
 import triton
 import triton.language as tl
 
-COEF_FIELDS = 8
+COEF_FIELDS = 11
+#: float64 workspace words per (estimate row, reference) pair of the epilogue.
+WORKSPACE_PER_PAIR = 8
+_WPP = tl.constexpr(WORKSPACE_PER_PAIR)
 _NCOEF = tl.constexpr(COEF_FIELDS)
 _LOG10_SCALE = tl.constexpr(4.3429448190325175)   # 10 / ln(10): 10 log10(x) = _LOG10_SCALE * ln(x)
 
@@ -145,10 +151,12 @@ def fused_epilogue_kernel(
     W_C: tl.constexpr = 3 * QN
     W_MX: tl.constexpr = 4 * QN
     W_MY: tl.constexpr = 5 * QN
-    W_F: tl.constexpr = 6 * QN
-    W_L: tl.constexpr = 6 * QN + C
-    W_COUNT: tl.constexpr = 6 * QN + 2 * C
-    WS: tl.constexpr = 6 * QN + 2 * C + 1
+    W_NFX: tl.constexpr = 6 * QN
+    W_NFY: tl.constexpr = 7 * QN
+    W_F: tl.constexpr = 8 * QN
+    W_L: tl.constexpr = 8 * QN + C
+    W_COUNT: tl.constexpr = 8 * QN + 2 * C
+    WS: tl.constexpr = _WPP * QN + 2 * C + 1
     NCF: tl.constexpr = _NCOEF
     R: tl.constexpr = BB * QP
 
@@ -239,6 +247,12 @@ def fused_epilogue_kernel(
         tl.store(wbase + W_C, c, mask=rv)
         tl.store(wbase + W_MX, mean_x, mask=rv)
         tl.store(wbase + W_MY, mean_y, mask=rv)
+        # Non-finite rows (NaN/inf samples, or float64 too large to square): read by
+        # check_finite with one host sync, from the coef flags below.
+        nfx = ~(_finite(sxx) & _finite(mean_x))
+        nfy = ~(_finite(syy) & _finite(mean_y))
+        tl.store(wbase + W_NFX, nfx.to(tl.float64), mask=rv)
+        tl.store(wbase + W_NFY, nfy.to(tl.float64), mask=rv)
         tl.debug_barrier()
 
         # ---- PIT: the best permutation per example (first one on ties) -------------
@@ -276,6 +290,13 @@ def fused_epilogue_kernel(
         c_j = tl.load(ework[:, None] + W_C + qk, mask=m_item, other=0.0)
         mx_j = tl.load(ework[:, None] + W_MX + qk, mask=m_item, other=0.0)
         my_j = tl.load(ework[:, None] + W_MY + qk, mask=m_item, other=0.0)
+        nf_est = tl.load(ework[:, None] + W_NFX + qk, mask=m_item, other=0.0)
+        nf_ref = tl.load(ework[:, None] + W_NFY + qk, mask=m_item, other=0.0)
+        if HAS_MIX:
+            nf_mix = tl.load(ework[:, None] + W_NFX + C * C + jj[None, :], mask=m_item,
+                             other=0.0)
+        else:
+            nf_mix = tl.zeros([BB, CP], dtype=tl.float64)
         if HAS_MIX:
             qm = C * C + jj[None, :]
             mix_j = tl.load(ework[:, None] + W_SDR + qm, mask=m_item, other=0.0)
@@ -355,6 +376,9 @@ def fused_epilogue_kernel(
         tl.store(cbase + 5, c_j, mask=m_item)
         tl.store(cbase + 6, mx_j, mask=m_item)
         tl.store(cbase + 7, my_j, mask=m_item)
+        tl.store(cbase + 8, nf_est, mask=m_item)
+        tl.store(cbase + 9, nf_ref, mask=m_item)
+        tl.store(cbase + 10, nf_mix, mask=m_item)
     tl.debug_barrier()
 
     # ---- normalise: weights, loss, d loss / d SI-SDR ------------------------------------
