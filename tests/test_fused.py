@@ -304,14 +304,21 @@ class _CountOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_dispatched_operators_per_forward_backward():
+@pytest.mark.parametrize("backend", [
+    "cpp",
+    pytest.param("triton", marks=pytest.mark.skipif(
+        not uk.backends.is_available("triton", "cpu"), reason="Triton interpreter unavailable")),
+])
+def test_dispatched_operators_per_forward_backward(backend):
+    # Issue 8's count: B=4, C=2, T=3000, mixture, check_finite=False, alpha a 0-d tensor
+    # (198 operators before the fused ops).
     est, ref, mix = batch(4, 2, 3000, seed=1)
     est, ref, mix = est.float().requires_grad_(True), ref.float(), mix.float()
     alpha = torch.tensor(0.1, dtype=torch.float64)
 
     def step():
         est.grad = None
-        out = uk.weighted_sisdr(est, ref, mixture=mix, alpha=alpha, backend="cpp",
+        out = uk.weighted_sisdr(est, ref, mixture=mix, alpha=alpha, backend=backend,
                                 check_finite=False)
         out.loss.backward()
 

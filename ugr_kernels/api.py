@@ -335,7 +335,7 @@ def _check_alpha(alpha):
                              f"{tuple(alpha.shape)}")
         if not alpha.is_floating_point():
             alpha = alpha.to(torch.float64)
-        return alpha.reshape(())
+        return alpha if alpha.dim() == 0 else alpha.reshape(())
     if not math.isfinite(alpha):
         raise ValueError(f"alpha must be finite, got {alpha}: every score F would be "
                          f"non-finite and no item would be trained")
