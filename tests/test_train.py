@@ -126,7 +126,8 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
 
 def test_non_finite_loss_skips_the_step_and_is_counted(tmp_path, monkeypatch):
     trainer, _ = run(tmp_path, "--steps", "4", "--eval-every", "0", "--no-test")
-    real_forward = trainer.forward
+    step_fn = trainer.train_step_fn
+    real_forward = step_fn.forward
     calls = {"n": 0}
 
     def sometimes_nan(mix):
@@ -134,7 +135,7 @@ def test_non_finite_loss_skips_the_step_and_is_counted(tmp_path, monkeypatch):
         out = real_forward(mix)
         return out * float("nan") if calls["n"] == 2 else out
 
-    trainer.forward = sometimes_nan
+    step_fn.forward = sometimes_nan
     trainer.run()
     assert trainer.non_finite_steps == 1
     last = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()][-2]
