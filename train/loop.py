@@ -129,6 +129,7 @@ class Trainer:
             signal.signal(signal.SIGINT, previous)
         if self._interrupted:
             self.save()
+            D.barrier(self.dist)  # no rank leaves (and makes torchrun stop the rest) mid-save
             if self.main:
                 print(f"\nInterrupted at step {self.step}: checkpoint saved to "
                       f"{self.run_dir / 'checkpoint.pt'}; continue with --resume.")
