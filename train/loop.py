@@ -194,7 +194,7 @@ class Trainer:
             bar = tqdm(total=config.steps, initial=self.step, desc="train", unit="step",
                        dynamic_ncols=True)
         window_t0, window_steps, skipped = time.perf_counter(), 0, self.non_finite_steps
-        run_t0, run_steps = window_t0, 0
+        run_t0, run_steps, aside = window_t0, 0, 0.0
         self.model.train()
         for batch in loader:
             self.train_step(batch)
@@ -231,13 +231,15 @@ class Trainer:
                     break
             elif self._interrupted and not self.dist.enabled:
                 break  # one process: nobody to agree with, stop right here
+            t_aside = time.perf_counter()  # validation and saving are not training time
             if config.eval_every and self.step % config.eval_every == 0 and self.step < config.steps:
                 self.validate(bar)
             if config.checkpoint_every and self.step % config.checkpoint_every == 0:
                 self.save()
+            aside += time.perf_counter() - t_aside
         if bar is not None:
             bar.close()
-        elapsed = max(time.perf_counter() - run_t0, 1e-9)
+        elapsed = max(time.perf_counter() - run_t0 - aside, 1e-9)
         if run_steps:
             self.throughput.update(train_steps_per_s=round(run_steps / elapsed, 3),
                                    train_mixtures_per_s=round(run_steps * config.batch_size

@@ -50,10 +50,24 @@ def pairwise_sisdr(est: Tensor, ref: Tensor, eps: float = 1e-12,
     return torch.where(valid, value, torch.zeros_like(value)), valid
 
 
+_PERMS: dict = {}
+
+
+def _permutations(n: int, device: torch.device) -> Tensor:
+    """All n! permutations, copied to the device once (a fresh copy per step would
+    be a blocking host-to-device transfer); built in the graph when compiling."""
+    if torch.compiler.is_compiling():
+        return torch.tensor(list(itertools.permutations(range(n))), device=device)
+    key = (n, str(device))
+    if key not in _PERMS:
+        _PERMS[key] = torch.tensor(list(itertools.permutations(range(n))), device=device)
+    return _PERMS[key]
+
+
 def _pit(pair: Tensor, valid: Tensor) -> Tensor:
     """perm (B, C): perm[b, j] = estimate for reference j maximising the summed SI-SDR."""
     n = pair.shape[1]
-    perms = torch.tensor(list(itertools.permutations(range(n))), device=pair.device)  # (P, C)
+    perms = _permutations(n, pair.device)                              # (P, C)
     scores = torch.where(valid, pair.detach(), torch.zeros_like(pair))
     cols = torch.arange(n, device=pair.device)
     total = scores[:, perms, cols].sum(-1)                              # (B, P)
