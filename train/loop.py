@@ -194,13 +194,15 @@ class Trainer:
             bar = tqdm(total=config.steps, initial=self.step, desc="train", unit="step",
                        dynamic_ncols=True)
         window_t0, window_steps, skipped = time.perf_counter(), 0, self.non_finite_steps
-        run_t0, run_steps, aside = window_t0, 0, 0.0
+        run_t0, run_steps, aside, warm = window_t0, 0, 0.0, False
         self.model.train()
         for batch in loader:
             self.train_step(batch)
             self.step += 1
             window_steps += 1
             run_steps += 1
+            if not warm:  # the throughput leaves out the first step (compilation, warm-up)
+                run_t0, run_steps, warm = time.perf_counter(), 0, True
             if bar is not None:
                 bar.update(1)
             if self.step % config.log_every == 0 or self.step == config.steps:
