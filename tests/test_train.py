@@ -212,7 +212,8 @@ def test_non_finite_loss_skips_the_step_and_is_counted(tmp_path, monkeypatch):
     step_fn.forward = sometimes_nan
     trainer.run()
     assert trainer.non_finite_steps == 1
-    last = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()][-2]
+    last = [r for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+            if r["kind"] == "train"][-1]
     assert last["non_finite_steps"] == 1
 
 
