@@ -45,8 +45,10 @@ def test_a_non_finite_gradient_on_one_rank_skips_the_step_on_every_rank(tmp_path
     # Adam counted two real steps on every parameter, in both runs.
     assert all(float(s["step"]) == 2 for s in b["optimizer"]["state"].values())
     for k in a["model"]:
+        # decoder.bias: its true gradient is 0 (see test_train's DDP test); atol as there:
+        # the fused loss sums the global pmf in another order over two ranks
         if k != "decoder.bias":  # its true gradient is 0 (see test_train's DDP test)
-            torch.testing.assert_close(b["model"][k], a["model"][k], rtol=0, atol=1e-6, msg=k)
+            torch.testing.assert_close(b["model"][k], a["model"][k], rtol=0, atol=1e-5, msg=k)
 
 
 def test_ctrl_c_on_one_rank_stops_every_rank_at_the_same_logging_step(tmp_path):
