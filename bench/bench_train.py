@@ -1,53 +1,57 @@
-"""Train-step throughput: SuDoRM-RF + weighted loss + Adam, eager vs torch.compile.
+"""Train-step throughput of the ``Trainer``'s own step: eager vs compiled, fused vs unfused.
 
     pytest bench/bench_train.py --benchmark-only --benchmark-json bench/results/train-cpu.json
 
-One step = forward, weighted PIT SI-SDRi loss (alpha=0.1), backward, clip, Adam.
-``extra_info['examples_per_s']`` is batch / mean step time. On a GPU the same file
-runs on CUDA (bf16 autocast for the model) when available.
+One step is ``Trainer.train_step``: batch to the device, forward, weighted PIT SI-SDRi
+loss (robust, alpha=0.1), backward, clip, fused Adam with the device-side skip flag.
+``unfused`` is the textbook torch loss the trainer uses without ``--fused``;
+``fused`` is ``ugr_kernels`` (backend auto). ``extra_info['examples_per_s']`` is
+batch / mean step time. On a GPU the same file runs on CUDA with ``--amp``.
 """
+import tempfile
+
 import pytest
 import torch
 
-import ugr_kernels as uk
-from model import build_model
+from train.cli import parse_args
+from train.loop import Trainer
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-CASES = [("sudormrf-tiny", 8, 8000), ("sudormrf-0.25x", 4, 16000)]
+CASES = [("sudormrf-tiny", 8, 1.0), ("sudormrf-0.25x", 4, 2.0)]
 if DEVICE == "cuda":
-    CASES += [("sudormrf-1.0x", 28, 32000)]
+    CASES += [("sudormrf-1.0x", 28, 4.0)]
 
 
-def _step_fn(model_name, batch, length, compiled, backend):
-    torch.manual_seed(0)
-    model = build_model(model_name).to(DEVICE)
-    forward = torch.compile(model, dynamic=False) if compiled else model
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    ref = torch.randn(batch, 2, length, device=DEVICE)
-    mix = ref.sum(1)
+def make_step(model, batch, seconds, compiled, fused):
+    argv = ["--model", model, "--batch-size", str(batch), "--segment-seconds", str(seconds),
+            "--val-items", "1", "--test-items", "1", "--no-progress", "--num-workers", "0",
+            "--weighting", "robust", "--alpha", "0.1", "--device", DEVICE,
+            "--run-dir", tempfile.mkdtemp(prefix="bench-train-")]
+    argv += (["--fused"] if fused else []) + (["--compile"] if compiled else [])
+    argv += ["--amp"] if DEVICE == "cuda" else []
+    trainer = Trainer(parse_args(argv))
+    data = trainer.data.train.batch(range(batch))
+    if DEVICE == "cuda":
+        data = {k: v.pin_memory() for k, v in data.items()}
 
     def step():
-        with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=DEVICE == "cuda"):
-            est = forward(mix)
-        loss = uk.weighted_sisdr(est.float(), ref, mixture=mix, alpha=0.1, backend=backend,
-                                 check_finite=False).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        opt.step()
+        trainer.train_step(data)
+        trainer.step += 1
         if DEVICE == "cuda":
             torch.cuda.synchronize()
     return step
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-B{c[1]}-T{c[2]}")
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-B{c[1]}-{c[2]}s")
+@pytest.mark.parametrize("loss", ["fused", "unfused"])
 @pytest.mark.parametrize("mode", ["eager", "compiled"])
-def test_train_step(benchmark, case, mode):
-    name, batch, length = case
-    step = _step_fn(name, batch, length, mode == "compiled", "auto")
+def test_train_step(benchmark, case, loss, mode):
+    name, batch, seconds = case
+    torch._dynamo.reset()
+    step = make_step(name, batch, seconds, mode == "compiled", loss == "fused")
     for _ in range(2):  # compile and warm up outside the timing
         step()
-    benchmark.group = f"train-step {name} B{batch} T{length} {DEVICE}"
+    benchmark.group = f"train-step {name} B{batch} {seconds}s {DEVICE}"
     benchmark.pedantic(step, rounds=5, iterations=1)
-    benchmark.extra_info.update(mode=mode, model=name, batch=batch, length=length,
+    benchmark.extra_info.update(mode=mode, loss=loss, model=name, batch=batch, seconds=seconds,
                                 examples_per_s=batch / benchmark.stats.stats.mean)

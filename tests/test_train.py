@@ -37,12 +37,40 @@ def params(path):
     (["--weighting", "class"], "needs --gamma"),
     (["--gamma", "speech"], "CLASS=GAMMA"),
     (["--model", "resnet"], "invalid choice"),
+    # non-finite or out-of-range numbers are rejected by the parser, naming the flag
+    (["--weighting", "robust", "--alpha", "nan"], "argument --alpha"),
+    (["--weighting", "robust", "--alpha", "inf"], "argument --alpha"),
+    (["--weighting", "curriculum", "--beta-start", "nan"], "argument --beta-start"),
+    (["--beta-end", "-inf"], "argument --beta-end"),
+    (["--lr", "nan"], "argument --lr"),
+    (["--lr", "0"], "argument --lr"),
+    (["--segment-seconds", "nan"], "argument --segment-seconds"),
+    (["--segment-seconds", "0.0001"], "argument --segment-seconds"),
+    (["--clip-grad", "nan"], "argument --clip-grad"),
+    (["--clamp-db", "nan"], "argument --clamp-db"),
+    (["--clamp-db", "-10"], "argument --clamp-db"),
+    (["--lr-decay-factor", "inf"], "argument --lr-decay-factor"),
+    (["--gamma", "speech=nan"], "argument --gamma"),
+    (["--num-workers", "-1"], "argument --num-workers"),
+    (["--cuda-graphs"], "--cuda-graphs needs --compile"),
 ])
 def test_bad_flags_give_argparse_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
         parse_args(argv)
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_every_float_flag_rejects_nan():
+    from train.cli import build_parser
+
+    floats = [a for a in build_parser()._actions
+              if a.option_strings and a.type is not None and a.default.__class__ is float]
+    assert {a.option_strings[0] for a in floats} >= {"--alpha", "--lr", "--clip-grad",
+                                                     "--segment-seconds", "--beta-start"}
+    for action in floats:
+        with pytest.raises(SystemExit):
+            parse_args([action.option_strings[0], "nan"])
 
 
 def test_help_explains_every_flag():
@@ -95,6 +123,52 @@ def test_resume_continues_exactly(tmp_path):
     assert [r["loss"] for r in train_a] == [r["loss"] for r in train_b]
 
 
+def test_resume_after_a_crash_drops_metrics_logged_after_the_checkpoint(tmp_path):
+    first, _ = run(tmp_path, "--steps", "4", "--eval-every", "0", "--no-test", "--log-every", "1",
+                   "--checkpoint-every", "2", name="crash")
+    first.run()
+    metrics = tmp_path / "crash" / "metrics.jsonl"
+    # A crash after step 6 left lines 5, 6 behind a checkpoint of step 4; the last cut short.
+    lines = metrics.read_text().splitlines()
+    metrics.write_text("\n".join(lines + [lines[-1].replace('"step": 4', '"step": 5'),
+                                         lines[-1].replace('"step": 4', '"step": 6')[:20]]) + "\n")
+    resumed, _ = run(tmp_path, "--steps", "6", "--eval-every", "0", "--no-test", "--resume",
+                     "--log-every", "1", name="crash")
+    resumed.run()
+    steps = [json.loads(l)["step"] for l in metrics.read_text().splitlines()
+             if json.loads(l)["kind"] == "train"]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_metrics_are_strict_json_with_null_for_non_finite_values(tmp_path):
+    from train.metrics import MetricsLog
+
+    log = MetricsLog(tmp_path / "m.jsonl")
+    log.write({"kind": "val", "step": 1, "mean": float("nan"), "p": [float("inf"), 1.0]})
+    text = (tmp_path / "m.jsonl").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"kind": "val", "step": 1, "mean": None, "p": [None, 1.0]}
+
+
+@pytest.mark.parametrize("damage", ["checkpoint", "csv"])
+def test_bad_files_print_the_message_without_a_traceback(tmp_path, damage):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    if damage == "checkpoint":
+        (run_dir / "checkpoint.pt").write_bytes(b"not a checkpoint")
+        extra, needle = ["--resume"], "checkpoint.pt"
+    else:
+        (tmp_path / "meta.csv").write_text("filename,label\n")
+        extra, needle = ["--data-csv", str(tmp_path / "meta.csv")], "meta.csv"
+    cmd = [sys.executable, "-m", "train", *QUICK, "--steps", "1", "--run-dir", str(run_dir), *extra]
+    env = dict(os.environ, UGR_DEBUG="")
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr and needle in proc.stderr, proc.stderr[-2000:]
+    debug = subprocess.run(cmd + ["--debug"], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
+
+
 def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path):
     run_dir = tmp_path / "interrupted"
     cmd = [sys.executable, "-m", "train", *QUICK, "--steps", "100000", "--eval-every", "0",
@@ -126,7 +200,8 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
 
 def test_non_finite_loss_skips_the_step_and_is_counted(tmp_path, monkeypatch):
     trainer, _ = run(tmp_path, "--steps", "4", "--eval-every", "0", "--no-test")
-    real_forward = trainer.forward
+    step_fn = trainer.train_step_fn
+    real_forward = step_fn.forward
     calls = {"n": 0}
 
     def sometimes_nan(mix):
@@ -134,10 +209,11 @@ def test_non_finite_loss_skips_the_step_and_is_counted(tmp_path, monkeypatch):
         out = real_forward(mix)
         return out * float("nan") if calls["n"] == 2 else out
 
-    trainer.forward = sometimes_nan
+    step_fn.forward = sometimes_nan
     trainer.run()
     assert trainer.non_finite_steps == 1
-    last = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()][-2]
+    last = [r for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+            if r["kind"] == "train"][-1]
     assert last["non_finite_steps"] == 1
 
 

@@ -21,9 +21,13 @@ __all__ = [
     "read_audio",
     "int16_to_float32",
     "INT16_SCALE",
+    "SAMPLE_RATE",
 ]
 
 PathLike = Union[str, os.PathLike]
+
+#: The one sample rate of the whole pipeline (the paper's 8 kHz).
+SAMPLE_RATE = 8000
 
 #: int16 samples are mapped to float by x / 32768, the convention of
 #: soundfile/libsndfile, so float audio lies in [-1, 1).
@@ -57,7 +61,7 @@ def int16_to_float32(x: np.ndarray) -> np.ndarray:
 
 def read_audio(
     path: PathLike,
-    expected_sr: int | None = 8000,
+    expected_sr: int | None = SAMPLE_RATE,
     *,
     dtype: str = "float32",
     downmix: bool = True,

@@ -13,6 +13,10 @@ from typing import Any
 import torch
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable or damaged (the message says which)."""
+
+
 def save_checkpoint(state: dict[str, Any], path: os.PathLike) -> Path:
     """Save ``state`` with ``torch.save`` atomically at ``path``."""
     path = Path(path)
@@ -39,4 +43,4 @@ def load_checkpoint(path: os.PathLike) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # torch raises several types for a damaged file
-        raise RuntimeError(f"checkpoint {path} is unreadable ({exc})") from exc
+        raise CheckpointError(f"checkpoint {path} is unreadable ({exc})") from exc

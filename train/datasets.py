@@ -30,7 +30,7 @@ from typing import Callable, Iterable, Iterator, Mapping, Sequence, Union
 import numpy as np
 import soundfile as sf
 
-from .audio import AudioFileError, SampleRateError, int16_to_float32, read_audio
+from .audio import SAMPLE_RATE, AudioFileError, SampleRateError, int16_to_float32, read_audio
 
 __all__ = [
     "SPLITS",
@@ -371,7 +371,7 @@ class SourceBank:
 
     @property
     def total_seconds(self) -> float:
-        return float(self.lengths.sum()) / (self.sample_rate or 8000)
+        return float(self.lengths.sum()) / (self.sample_rate or SAMPLE_RATE)
 
     @property
     def nbytes(self) -> int:
@@ -441,7 +441,7 @@ def load_sources(
     preload: bool = True,
     progress: bool = True,
     *,
-    expected_sr: int | None = 8000,
+    expected_sr: int | None = SAMPLE_RATE,
     dtype: str = "auto",
     desc: str | None = None,
 ) -> SourceBank:

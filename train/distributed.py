@@ -1,8 +1,17 @@
-"""Data-parallel setup under ``torchrun`` (gloo on CPU, NCCL on GPU).
+"""Data-parallel setup and control under ``torchrun`` (gloo for CPU tensors, NCCL for CUDA).
 
 The weighted loss normalises its pmf over the *global* batch (all ranks) and
 scales the local loss by the world size, so DDP's gradient averaging gives
 exactly the update of one process on the combined batch.
+
+Control between ranks travels in device tensors, never as Python values:
+
+* ``agree_ok`` — the one collective a training step adds to DDP's own: one
+  int32 all-reduce of the rank's "this step is finite" flag, so that every
+  rank skips (or takes) the same updates without the host reading anything.
+* ``reduce_window`` — at logging steps only: the metric sums of the window and
+  each rank's Ctrl-C flag in one tensor and one all-reduce, read once. All
+  ranks stop at the same logging step when any of them was interrupted.
 """
 from __future__ import annotations
 
@@ -19,10 +28,8 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
+    local_world_size: int = 1
+    enabled: bool = False  # launched by torchrun (even with one rank): DDP and collectives on
 
     @property
     def is_main(self) -> bool:
@@ -34,17 +41,22 @@ class DistInfo:
         return dist.group.WORLD if self.enabled else None
 
 
+def process_group_backend(device_type: str) -> str:
+    """gloo on CPU; on GPU NCCL for CUDA tensors with gloo beside it for CPU ones."""
+    return "cpu:gloo,cuda:nccl" if device_type == "cuda" else "gloo"
+
+
 def init_from_env(device_type: str) -> DistInfo:
     """Join the process group that ``torchrun`` describes in the environment, if any."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return DistInfo()
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
-    info = DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if device_type == "cuda":
-        torch.cuda.set_device(info.local_rank)
-    return info
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(process_group_backend(device_type))
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank,
+                    int(os.environ.get("LOCAL_WORLD_SIZE", 1)), enabled=True)
 
 
 def barrier(info: DistInfo) -> None:
@@ -57,13 +69,27 @@ def shutdown(info: DistInfo) -> None:
         dist.destroy_process_group()
 
 
-def broadcast_flag(flag: bool, info: DistInfo) -> bool:
-    """True on every rank if ``flag`` is True on any rank (e.g. Ctrl-C or a bad step)."""
+def agree_ok(ok: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """``ok`` (0-d bool, on the device) and-ed over all ranks, still on the device."""
     if not info.enabled:
-        return flag
-    t = torch.tensor([1 if flag else 0])
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+        return ok
+    bad = (~ok).to(torch.int32)
+    dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+    return bad == 0
+
+
+def reduce_window(sums: torch.Tensor, interrupted: bool, info: DistInfo) -> tuple[list, bool]:
+    """Sum the window's metric sums over ranks, with the ranks' Ctrl-C flags, and read them.
+
+    One collective and one device-to-host read: call it at logging steps only.
+    Returns the summed values and whether any rank was interrupted.
+    """
+    packed = torch.cat([sums.to(torch.float64),
+                        sums.new_full((1,), float(interrupted), dtype=torch.float64)])
+    if info.enabled:
+        dist.all_reduce(packed, op=dist.ReduceOp.SUM)
+    values = packed.tolist()
+    return values[:-1], values[-1] > 0
 
 
 def device_for(info: DistInfo, requested: Optional[str]) -> torch.device:

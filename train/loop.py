@@ -1,164 +1,90 @@
-"""The training loop: data, model, weighted loss, evaluation, checkpoints, DDP."""
+"""The training run: setup, the loop around ``TrainStep``, evaluation, checkpoints.
+
+The step itself lives in ``train.step``, distributed control in
+``train.distributed``, the configuration in ``train.config`` and the input
+pipeline in ``train.pipeline``. This module wires them together and does the
+host-side work of a run: progress, logging once per ``--log-every``,
+validation, checkpoints, Ctrl-C and the final test.
+"""
 from __future__ import annotations
 
 import argparse
 import csv
 import json
 import math
-import os
 import signal
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler
 
-import ugr_kernels as uk
 from model import build_model, count_parameters
 
 from . import distributed as D
 from .checkpoint import load_checkpoint, save_checkpoint
+from .config import RunConfig
 from .evaluate import evaluate, format_table, per_class, summarize
-from .mixing import build_datasets, collate, datasets_from_catalogs
-
-SAMPLE_RATE = 8000
-
-
-class RankBatches(Sampler):
-    """Step s of rank r reads indices ``s*B + r*b .. s*B + (r+1)*b - 1`` (B = global batch).
-
-    Every step sees fresh mixtures, ranks see disjoint slices whose union is the
-    single-process batch, and a resumed run continues with the same indices.
-    """
-
-    def __init__(self, global_batch: int, rank: int, world: int, start: int, stop: int):
-        self.global_batch, self.local = global_batch, global_batch // world
-        self.rank, self.start, self.stop = rank, start, stop
-
-    def __iter__(self):
-        for s in range(self.start, self.stop):
-            base = s * self.global_batch + self.rank * self.local
-            yield list(range(base, base + self.local))
-
-    def __len__(self):
-        return max(0, self.stop - self.start)
-
-
-def build_weighting(args, class_names) -> uk.Weighting:
-    total = None
-    for name in args.weighting:
-        if name == "uniform":
-            w = uk.Uniform()
-        elif name == "robust":
-            w = uk.Robust(args.alpha)
-        elif name == "curriculum":
-            duration = args.beta_steps or max(1, args.steps // 2)
-            if args.schedule_unit == "epoch" and args.beta_steps is None:
-                duration = max(1, args.steps // args.epoch_steps // 2)
-            kind = args.beta_schedule
-            if kind == "constant":
-                sched = uk.Constant(args.beta_start, unit=args.schedule_unit)
-            elif kind == "linear":
-                sched = uk.Linear(args.beta_start, args.beta_end, duration, unit=args.schedule_unit)
-            elif kind == "cosine":
-                sched = uk.Cosine(args.beta_start, args.beta_end, duration, unit=args.schedule_unit)
-            elif kind == "exponential":
-                sched = uk.Exponential(args.beta_start, args.beta_end, duration / 4,
-                                       unit=args.schedule_unit)
-            else:
-                sched = uk.Step([args.beta_start, args.beta_end], [duration], unit=args.schedule_unit)
-            w = uk.Curriculum(sched)
-        elif name == "temperature":
-            w = uk.Robust(uk.InverseTemperature(unit=args.schedule_unit))
-        else:  # class
-            unknown = [k for k in args.gamma if k not in class_names]
-            if unknown:
-                raise SystemExit(f"--gamma names unknown classes {unknown}; this task's classes "
-                                 f"are {list(class_names)[:20]}")
-            w = uk.ClassBias(args.gamma, class_names=list(class_names))
-        total = w if total is None else total + w
-    return total
-
-
-def build_data(args, world: int, show: bool):
-    segment = int(round(args.segment_seconds * SAMPLE_RATE))
-    kw = dict(num_val=args.val_items, num_test=args.test_items, progress=show)
-    if args.data_csv:
-        from .datasets import csv_catalog
-
-        key = "speech" if args.task == "speech" else "env"
-        if args.task == "mixed":
-            raise SystemExit("--data-csv provides one catalogue; --task mixed needs --data-dir")
-        return datasets_from_catalogs(args.task, {key: csv_catalog(args.data_csv)}, segment,
-                                      args.seed, **kw)
-    if args.data_dir is None and show:
-        print("No --data-dir given: training on the embedded synthetic sources. "
-              "Select real audio with --data-dir (e.g. --data-dir ../shared/data).")
-    return build_datasets(args.data_dir, args.task, segment, args.seed, **kw)
-
-
-def learning_rate(args, step: int) -> float:
-    if args.lr_decay_every <= 0:
-        return args.lr
-    epoch = step // args.epoch_steps
-    return args.lr / args.lr_decay_factor ** (epoch // args.lr_decay_every)
+from .metrics import MetricsLog
+from .pipeline import build_data, loader_rate, to_device, train_loader
+from .step import StepMetrics, TrainStep
 
 
 class Trainer:
     """One training run (``python -m train``); see ``train.cli`` for the options."""
 
-    def __init__(self, args: argparse.Namespace):
-        self.args = args
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        requested = args.device
-        self.dist = D.init_from_env("cuda" if (requested or "").startswith("cuda") or
-                                    (requested is None and torch.cuda.is_available()) else "cpu")
-        self.device = D.device_for(self.dist, requested)
-        if args.batch_size % self.dist.world_size:
-            raise SystemExit(f"--batch-size {args.batch_size} must be divisible by the "
+    def __init__(self, config: Union[RunConfig, argparse.Namespace]):
+        if not isinstance(config, RunConfig):
+            config = RunConfig.from_args(config)
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        wants_cuda = (config.device or "").startswith("cuda") or (
+            config.device is None and torch.cuda.is_available())
+        self.dist = D.init_from_env("cuda" if wants_cuda else "cpu")
+        self.device = D.device_for(self.dist, config.device)
+        if config.batch_size % self.dist.world_size:
+            raise ValueError(f"--batch-size {config.batch_size} must be divisible by the "
                              f"{self.dist.world_size} ranks")
+        self.config = self.args = config.resolve(self.device, self.dist.local_world_size)
+        config = self.config
         self.main = self.dist.is_main
-        self.run_dir = Path(args.run_dir)
-        self.show = self.main and not args.no_progress
+        self.run_dir = Path(config.run_dir)
+        self.show = self.main and not config.no_progress
+        self.metrics_log = MetricsLog(self.run_dir / "metrics.jsonl", enabled=self.main)
 
-        if args.model == "auto":
-            args.model = "sudormrf-0.25x" if self.device.type == "cuda" else "sudormrf-tiny"
-        self.data = build_data(args, self.dist.world_size, self.show)
+        self.data = build_data(config, self.show)
         self.class_names = list(self.data.class_names)
-        torch.manual_seed(args.seed)
-        self.model = build_model(args.model, num_sources=2).to(self.device)
-        self.train_model = self.model
+        self.weighting = config.weighting_scheme(self.class_names)
+        self.lr_schedule = config.lr_schedule()
+        torch.manual_seed(config.seed)
+        self.model = build_model(config.model, num_sources=2).to(self.device)
+        train_model = self.model
         if self.dist.enabled:
-            self.train_model = torch.nn.parallel.DistributedDataParallel(
+            train_model = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        # Static shapes: every training batch has the same (B, T); dynamic shapes hit an
-        # inductor bug on SuDoRM-RF with torch 2.13 (a sympy Mod it cannot print).
-        self.forward = (torch.compile(self.train_model, dynamic=False) if args.compile
-                        else self.train_model)
-        fused_adam = self.device.type == "cuda"
-        self.optimizer = torch.optim.Adam(
-            [p for p in self.model.parameters() if p.requires_grad], lr=args.lr,
-            **({"fused": True} if fused_adam else {}))
-        backend = args.backend or ("auto" if args.fused else "reference")
-        self.criterion = uk.WeightedSISDRLoss(
-            build_weighting(args, self.class_names), granularity=args.granularity,
-            clamp_db=args.clamp_db, backend=backend, process_group=self.dist.group,
-            check_finite=False)
-        self.backend = backend
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        # Fused Adam on CPU and CUDA alike: it takes the skip flag as found_inf.
+        self.optimizer = torch.optim.Adam(params, lr=config.lr, fused=True)
+        self.backend = config.backend
+        self.metrics = StepMetrics(self.device)
+        self.train_step_fn = TrainStep(train_model, params, self.optimizer, config, self.device,
+                                       self.dist, self.metrics)
         self.step = 0
-        self.non_finite_steps = 0
         self.best_val = -math.inf
         self._interrupted = False
+        self.throughput: dict = {}
+
+    @property
+    def non_finite_steps(self) -> int:
+        """Steps skipped for a non-finite output, loss or gradient (reads the device)."""
+        return int(self.metrics.skipped)
 
     # ------------------------------------------------------------------ state
     def state(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "step": self.step, "non_finite_steps": self.non_finite_steps,
-                "best_val": self.best_val, "args": vars(self.args),
+                "best_val": self.best_val, "args": self.config.to_dict(),
                 "torch_rng": torch.get_rng_state()}
 
     def save(self) -> None:
@@ -170,37 +96,29 @@ class Trainer:
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.step = int(ckpt["step"])
-        self.non_finite_steps = int(ckpt["non_finite_steps"])
+        self.metrics.skipped.fill_(int(ckpt["non_finite_steps"]))
         self.best_val = float(ckpt["best_val"])
         torch.set_rng_state(ckpt["torch_rng"])
 
     # ------------------------------------------------------------------ logging
     def log(self, record: dict) -> None:
-        if not self.main:
-            return
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        self.metrics_log.write(record)
 
     # ------------------------------------------------------------------ run
     def run(self) -> dict:
-        args = self.args
+        config = self.config
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         D.barrier(self.dist)
-        if args.resume:
+        if config.resume:
             self.restore()
+            self.metrics_log.truncate(self.step)
             if self.main:
                 print(f"Resumed from {self.run_dir / 'checkpoint.pt'} at step {self.step}.")
-        elif self.main:
-            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        else:
+            self.metrics_log.clear()
         if self.main:
-            cfg = dict(vars(args), world_size=self.dist.world_size, device=str(self.device),
-                       backend_resolved=self.backend, parameters=count_parameters(self.model),
-                       classes=self.class_names[:64])
-            (self.run_dir / "config.json").write_text(json.dumps(cfg, indent=2))
-            print(f"model {args.model} ({count_parameters(self.model):,} parameters), task "
-                  f"{args.task}, weighting {self.criterion.weighting!r}, loss backend "
-                  f"{self.backend}, device {self.device}, {self.dist.world_size} process(es)")
+            self._header()
 
         self._t0 = time.perf_counter()
         previous = signal.getsignal(signal.SIGINT)
@@ -211,14 +129,16 @@ class Trainer:
             signal.signal(signal.SIGINT, previous)
         if self._interrupted:
             self.save()
+            D.barrier(self.dist)  # no rank leaves (and makes torchrun stop the rest) mid-save
             if self.main:
                 print(f"\nInterrupted at step {self.step}: checkpoint saved to "
                       f"{self.run_dir / 'checkpoint.pt'}; continue with --resume.")
             D.shutdown(self.dist)
             sys.exit(130)
         self.save()
+        self._report_throughput()
         results = {}
-        if not args.no_test:
+        if not config.no_test:
             results = self.final_test()
         if self.main:  # pictures of the run, when matplotlib is installed
             from .plots import save_run_plots
@@ -226,102 +146,120 @@ class Trainer:
         D.shutdown(self.dist)
         return results
 
+    def _header(self) -> None:
+        config = self.config
+        # Mixing alone, in this process: a loader with W workers makes about W times this.
+        rate = loader_rate(self.data.train, max(1, config.batch_size // self.dist.world_size))
+        self.throughput["loader_mixtures_per_s_per_process"] = round(rate, 1)
+        self.throughput["num_workers"] = config.num_workers
+        cfg = dict(config.to_dict(), world_size=self.dist.world_size, device=str(self.device),
+                   backend_resolved=self.backend, parameters=count_parameters(self.model),
+                   classes=self.class_names[:64], loader_mixtures_per_s_per_process=round(rate, 1))
+        (self.run_dir / "config.json").write_text(json.dumps(cfg, indent=2))
+        print(f"model {config.model} ({count_parameters(self.model):,} parameters), task "
+              f"{config.task}, weighting {self.weighting!r}, loss backend {self.backend}, "
+              f"device {self.device}, {self.dist.world_size} process(es)"
+              f"{', compiled' if config.compile else ''}")
+        print(f"input: {config.num_workers} loader worker(s); mixing alone makes "
+              f"{rate:.0f} mixtures/s per process")
+
+    def _report_throughput(self) -> None:
+        """Training mixtures/s against what the loader makes alone: which one bounds the run."""
+        if not self.main or "train_mixtures_per_s" not in self.throughput:
+            return
+        t = self.throughput
+        rate, workers = t["loader_mixtures_per_s_per_process"], t["num_workers"]
+        used = t["train_mixtures_per_s"] / self.dist.world_size  # per rank
+        if workers == 0:
+            verdict = (f"mixing runs inside the training process and takes about "
+                       f"{100 * used / rate:.0f}% of its time")
+        else:
+            busy = 100 * used / (rate * workers)
+            verdict = (f"the {workers} worker(s) are about {busy:.0f}% busy: bound by "
+                       f"{'the loader' if busy > 80 else 'the training step'}")
+        print(f"throughput: training {t['train_steps_per_s']:.2f} steps/s = "
+              f"{t['train_mixtures_per_s']:.1f} mixtures/s; the loader alone makes {rate:.0f} "
+              f"mixtures/s per process; {verdict}")
+        self.log({"kind": "throughput", "step": self.step, **t})
+
     def _on_sigint(self, signum, frame):
         if self._interrupted:  # second Ctrl-C: stop now
             raise KeyboardInterrupt
         self._interrupted = True
 
-    def _loader(self, dataset, sampler, workers):
-        return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
-                          num_workers=workers, pin_memory=self.device.type == "cuda",
-                          persistent_workers=False)
-
     def _train(self):
-        args = self.args
-        sampler = RankBatches(args.batch_size, self.dist.rank, self.dist.world_size,
-                              self.step, args.steps)
-        loader = self._loader(self.data.train, sampler, args.num_workers)
+        config = self.config
+        loader = train_loader(self.data, config, self.step, self.dist.rank,
+                              self.dist.world_size, pin=self.device.type == "cuda")
         bar = None
         if self.show:
             from tqdm import tqdm
-            bar = tqdm(total=args.steps, initial=self.step, desc="train", unit="step",
+            bar = tqdm(total=config.steps, initial=self.step, desc="train", unit="step",
                        dynamic_ncols=True)
-        window = {"loss": [], "sisdri": [], "examples": 0, "t0": time.perf_counter()}
+        window_t0, window_steps, skipped = time.perf_counter(), 0, self.non_finite_steps
+        run_t0, run_steps, aside, warm = window_t0, 0, 0.0, False
         self.model.train()
         for batch in loader:
-            stop = D.broadcast_flag(self._interrupted, self.dist)
-            if stop:
-                self._interrupted = True
-                break
-            loss, sisdri = self.train_step(batch)
+            self.train_step(batch)
             self.step += 1
-            window["examples"] += args.batch_size
-            if loss is not None:
-                window["loss"].append(loss)
-                window["sisdri"].append(sisdri)
+            window_steps += 1
+            run_steps += 1
+            if not warm:  # the throughput leaves out the first step (compilation, warm-up)
+                run_t0, run_steps, warm = time.perf_counter(), 0, True
             if bar is not None:
-                rate = window["examples"] / max(time.perf_counter() - window["t0"], 1e-9)
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss:.2f}" if loss is not None else "skip",
-                                sisdri=f"{sisdri:.2f}" if sisdri is not None else "-",
-                                ex_s=f"{rate:.1f}", skipped=self.non_finite_steps)
-            if self.step % args.log_every == 0 or self.step == args.steps:
-                elapsed = max(time.perf_counter() - window["t0"], 1e-9)
-                self.log({"kind": "train", "step": self.step,
-                          "loss": _mean(window["loss"]), "sisdri": _mean(window["sisdri"]),
-                          "examples_per_s": window["examples"] / elapsed,
-                          "lr": learning_rate(args, self.step - 1),
-                          "alpha": self.criterion.weighting.terms(
-                              step=self.step - 1, epoch=(self.step - 1) // args.epoch_steps,
-                              labels=torch.zeros(1, 2, dtype=torch.long)).alpha,
-                          "non_finite_steps": self.non_finite_steps})
-                window = {"loss": [], "sisdri": [], "examples": 0, "t0": time.perf_counter()}
-            if args.eval_every and self.step % args.eval_every == 0 and self.step < args.steps:
+            if self.step % config.log_every == 0 or self.step == config.steps:
+                # The one host read of a logging interval (and, under torchrun, the
+                # one place ranks agree on Ctrl-C).
+                m = self.metrics.read(self.dist, self._interrupted)
+                elapsed = max(time.perf_counter() - window_t0, 1e-9)
+                epoch = config.epoch(self.step - 1)
+                self.log({"kind": "train", "step": self.step, "loss": m["loss"],
+                          "sisdri": m["sisdri"],
+                          "examples_per_s": window_steps * config.batch_size / elapsed,
+                          "lr": self.lr_schedule.at(self.step - 1, epoch),
+                          "alpha": self.weighting.terms(step=self.step - 1, epoch=epoch,
+                                                        labels=_NO_LABELS).alpha,
+                          "non_finite_steps": m["non_finite_steps"]})
+                if m["non_finite_steps"] > skipped and self.main:
+                    print(f"step {self.step}: {m['non_finite_steps'] - skipped} step(s) of the "
+                          f"last {window_steps} skipped for a non-finite output, loss or "
+                          f"gradient ({m['non_finite_steps']} so far)", file=sys.stderr)
+                skipped = m["non_finite_steps"]
+                if bar is not None:
+                    bar.set_postfix(loss=_fmt(m["loss"]), sisdri=_fmt(m["sisdri"]),
+                                    ex_s=f"{window_steps * config.batch_size / elapsed:.1f}",
+                                    skipped=skipped)
+                window_t0, window_steps = time.perf_counter(), 0
+                if m["interrupted"]:  # some rank (or this process) got Ctrl-C
+                    self._interrupted = True
+                    break
+            elif self._interrupted and not self.dist.enabled:
+                break  # one process: nobody to agree with, stop right here
+            t_aside = time.perf_counter()  # validation and saving are not training time
+            if config.eval_every and self.step % config.eval_every == 0 and self.step < config.steps:
                 self.validate(bar)
-            if args.checkpoint_every and self.step % args.checkpoint_every == 0:
+            if config.checkpoint_every and self.step % config.checkpoint_every == 0:
                 self.save()
+            aside += time.perf_counter() - t_aside
         if bar is not None:
             bar.close()
-        if not self._interrupted and self.step >= args.steps:
+        elapsed = max(time.perf_counter() - run_t0 - aside, 1e-9)
+        if run_steps:
+            self.throughput.update(train_steps_per_s=round(run_steps / elapsed, 3),
+                                   train_mixtures_per_s=round(run_steps * config.batch_size
+                                                              / elapsed, 1))
+        if not self._interrupted and self.step >= config.steps:
             self.validate(None)
 
-    def train_step(self, batch):
-        args = self.args
+    def train_step(self, batch) -> None:
+        """One optimizer step on ``batch`` (a collated dict); no host sync."""
         step = self.step
-        for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(args, step)
-        mix = batch["mixture"].to(self.device, non_blocking=True)
-        ref = batch["sources"].to(self.device, non_blocking=True)
-        labels = batch["labels"].to(self.device, non_blocking=True)
-        amp = args.amp and self.device.type == "cuda"
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
-            est = self.forward(mix)
-        # A diverged model is caught here, not by the loss's input check. Every decision
-        # is agreed across ranks first, so no rank enters a collective the others skip.
-        bad = D.broadcast_flag(not bool(torch.isfinite(est).all()), self.dist)
-        if not bad:
-            result = self.criterion(est.float(), ref, mix, step=step,
-                                    epoch=step // args.epoch_steps, labels=labels,
-                                    return_result=True)
-            bad = D.broadcast_flag(not bool(torch.isfinite(result.loss)), self.dist)
-        if not bad:
-            self.optimizer.zero_grad(set_to_none=True)
-            result.loss.backward()
-            if args.clip_grad > 0:
-                norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), args.clip_grad)
-                bad = D.broadcast_flag(not bool(torch.isfinite(norm)), self.dist)
-        if not bad:
-            self.optimizer.step()
-            valid = result.mask
-            sisdri = float(result.sisdri.detach()[valid].mean()) if valid.any() else float("nan")
-            return float(result.loss.detach()) / self.dist.world_size, sisdri
-        self.non_finite_steps += 1
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.main:
-            msg = (f"step {step}: non-finite loss or gradient, step skipped "
-                   f"({self.non_finite_steps} so far)")
-            print(msg, file=sys.stderr)
-        return None, None
+        epoch = self.config.epoch(step)
+        mix, ref, labels = to_device(batch, self.device)
+        terms = self.weighting.terms(step=step, epoch=epoch, labels=labels)
+        self.train_step_fn(mix, ref, terms.bias, terms.alpha,
+                           self.lr_schedule.at(step, epoch))
 
     def _eval_batches(self, dataset):
         b = self.args.eval_batch_size
@@ -365,6 +303,9 @@ class Trainer:
         return out
 
 
-def _mean(xs):
-    xs = [x for x in xs if x is not None and math.isfinite(x)]
-    return float(np.mean(xs)) if xs else None
+
+_NO_LABELS = torch.zeros(1, 2, dtype=torch.long)  # the logged alpha does not depend on labels
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.2f}"

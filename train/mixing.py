@@ -55,7 +55,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from .audio import INT16_SCALE
+from .audio import INT16_SCALE, SAMPLE_RATE
 from .datasets import SourceBank, SourceCatalog, esc50_catalog, load_sources, speech_catalog
 
 __all__ = [
@@ -71,7 +71,6 @@ __all__ = [
 ]
 
 TASKS = ("env", "speech", "mixed")
-SAMPLE_RATE = 8000
 DEFAULT_SEGMENT = 4 * SAMPLE_RATE
 DEFAULT_EVAL_SEED = 20210101  # val/test mixtures do not depend on the training seed
 _UNBOUNDED = 2**62
@@ -345,21 +344,33 @@ class StepBatchSampler(Sampler[list[int]]):
     ``start_step``. Use as ``DataLoader(ds, batch_sampler=StepBatchSampler(B,
     start_step), collate_fn=collate, num_workers=...)``.
 
+    Under data parallelism each rank reads its slice of the global batch:
+    rank ``r`` of ``R`` gets ``[s*B + r*B/R, ..., s*B + (r+1)*B/R - 1]``, so the
+    ranks' batches together are exactly the single-process batch of that step.
+
     Args:
-        batch_size: B.
+        batch_size: B, the global batch.
         start_step: first step produced.
         num_steps: how many batches; None = endless.
+        rank, world_size: this rank's slice (B must divide by ``world_size``).
     """
 
-    def __init__(self, batch_size: int, start_step: int = 0, num_steps: int | None = None):
+    def __init__(self, batch_size: int, start_step: int = 0, num_steps: int | None = None,
+                 *, rank: int = 0, world_size: int = 1):
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if world_size < 1 or not 0 <= rank < world_size or batch_size % world_size:
+            raise ValueError(f"batch_size {batch_size} must split evenly over {world_size} "
+                             f"ranks (rank {rank})")
         self.batch_size, self.start_step, self.num_steps = int(batch_size), int(start_step), num_steps
+        self.local = self.batch_size // world_size
+        self.offset = rank * self.local
 
     def __iter__(self) -> Iterator[list[int]]:
         s = self.start_step
         while self.num_steps is None or s < self.start_step + self.num_steps:
-            yield list(range(s * self.batch_size, (s + 1) * self.batch_size))
+            base = s * self.batch_size + self.offset
+            yield list(range(base, base + self.local))
             s += 1
 
     def __len__(self) -> int:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .audio import SAMPLE_RATE
 from .datasets import SourceCatalog, SourceItem
 
 __all__ = [
@@ -44,7 +45,7 @@ __all__ = [
     "synthetic_catalog",
 ]
 
-SR = 8000
+SR = SAMPLE_RATE
 ENV_CLASSES = ("noise", "impact", "tonal", "engine", "crackle")
 F0_MIN, F0_MAX = 80.0, 250.0
 

@@ -264,13 +264,17 @@ class ClassBias(Weighting):
     Args:
         gammas: class -> gamma, keyed by class index or by name (with ``class_names``).
         class_names: names of the class indices (``class_names[k]`` is class k).
+        check_labels: check at every call that the labels are known classes. The
+            check reads the labels on the host (a device sync); a trainer that has
+            validated its labels once, when it built the data, passes False.
     Call-time ``labels`` hold class indices shaped like the items ((B, C) or (B,)).
     Classes not in ``gammas`` get 0.
     """
 
     def __init__(self, gammas: Mapping[Union[int, str], float],
-                 class_names: Optional[Sequence[str]] = None):
+                 class_names: Optional[Sequence[str]] = None, *, check_labels: bool = True):
         self.class_names = list(class_names) if class_names is not None else None
+        self.check_labels = check_labels
         table = {}
         for key, gamma in gammas.items():
             if isinstance(key, str):
@@ -283,17 +287,25 @@ class ClassBias(Weighting):
         self.gamma = torch.zeros(size, dtype=torch.float64)
         for k, g in table.items():
             self.gamma[k] = g
+        self._tables = {}  # device -> gamma on that device: copied once, not every step
+
+    def table(self, device) -> Tensor:
+        """The gamma table on ``device`` (cached)."""
+        device = torch.device(device)
+        if device not in self._tables:
+            self._tables[device] = self.gamma.to(device)
+        return self._tables[device]
 
     def terms(self, *, step=0, epoch=0, labels=None):
         if labels is None:
             raise ValueError("ClassBias needs the class labels of the batch (labels=...)")
         labels = labels.long()
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= len(self.gamma)):
-            bad = int(labels.max())
-            if int(labels.max()) < len(self.gamma):
-                bad = int(labels.min())
-            raise ValueError(f"label {bad} outside the {len(self.gamma)} known classes")
-        return WeightingTerms(bias=self.gamma.to(labels.device)[labels])
+        if self.check_labels and labels.numel():
+            lo, hi = (int(v) for v in torch.stack([labels.min(), labels.max()]).tolist())
+            if lo < 0 or hi >= len(self.gamma):
+                bad = lo if lo < 0 else hi
+                raise ValueError(f"label {bad} outside the {len(self.gamma)} known classes")
+        return WeightingTerms(bias=self.table(labels.device)[labels])
 
     def __repr__(self):
         return f"ClassBias({self.gamma.tolist()})"
