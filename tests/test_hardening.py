@@ -307,3 +307,24 @@ def test_two_samples_give_zero_gradient(backend, dtype):
     typical = 1.0 / float(est.double().abs().max())
     assert float(grad.abs().max()) <= 1e-2 * typical, grad
     assert math.isfinite(float(out.loss))
+
+
+@pytest.mark.parametrize("labels, granularity", [
+    (torch.zeros(2, 3, dtype=torch.long), "source"),
+    (torch.zeros(3, dtype=torch.long), "source"),
+    (torch.zeros(2, 2, dtype=torch.long), "example"),
+])
+def test_wrong_class_labels_name_the_argument(labels, granularity):
+    est, ref, mix = _signals()
+    criterion = uk.WeightedSISDRLoss(uk.ClassBias({"a": 1.0}, class_names=["a", "b"]),
+                                     granularity=granularity)
+    with pytest.raises(ValueError, match="labels"):
+        criterion(est, ref, mix, labels=labels)
+
+
+def test_class_labels_shaped_like_the_items_work():
+    est, ref, mix = _signals()
+    criterion = uk.WeightedSISDRLoss(uk.ClassBias({"a": 1.0}, class_names=["a", "b"]))
+    per_source = criterion(est, ref, mix, labels=torch.tensor([[0, 1], [1, 1]]))
+    per_example = criterion(est, ref, mix, labels=torch.tensor([[0], [1]]))
+    assert bool(torch.isfinite(per_source)) and bool(torch.isfinite(per_example))

@@ -6,7 +6,7 @@ from typing import Optional, Union
 from torch import Tensor, nn
 
 from .api import WeightedSISDRResult, weighted_sisdr
-from .pmf import weighting_terms
+from .pmf import _broadcast_to, weighting_terms
 from .weighting import Robust, Uniform, Weighting
 
 
@@ -46,6 +46,10 @@ class WeightedSISDRLoss(nn.Module):
 
         Returns the scalar loss, or the full ``WeightedSISDRResult`` with ``return_result``.
         """
+        if labels is not None and isinstance(est, Tensor) and est.dim() == 3:
+            by_source = self.options.get("granularity", "source") == "source"
+            items = est.shape[:2] if by_source else est.shape[:1]
+            labels = _broadcast_to("labels", labels, items, est.device)
         terms = weighting_terms(self.weighting, step=step, epoch=epoch, labels=labels)
         result: WeightedSISDRResult = weighted_sisdr(
             est, ref, mixture=mixture, alpha=terms.alpha, bias=terms.bias, mask=mask,

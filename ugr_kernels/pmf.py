@@ -217,6 +217,7 @@ def score_items(loss: Tensor, alpha, bias: Optional[Tensor],
 
 
 def _broadcast_to(name: str, t, shape: torch.Size, device) -> Tensor:
+    """``t`` as a tensor of ``shape`` on ``device``; a ValueError naming it if it cannot be."""
     t = torch.as_tensor(t, device=device)
     try:
         return t.expand(shape) if t.shape != shape else t
