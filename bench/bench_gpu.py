@@ -199,8 +199,10 @@ def _compiled_reference():
 
 
 def _torchmetrics_loss():
-    from torchmetrics.functional.audio import (permutation_invariant_training,
-                                               scale_invariant_signal_distortion_ratio)
+    from torchmetrics.functional.audio import (
+        permutation_invariant_training,
+        scale_invariant_signal_distortion_ratio,
+    )
 
     def loss(e, r):
         best, _ = permutation_invariant_training(e, r, scale_invariant_signal_distortion_ratio,

@@ -55,8 +55,10 @@ def compiled_loss(est, ref):
 
 
 def torchmetrics_loss(est, ref):
-    from torchmetrics.functional.audio import (permutation_invariant_training,
-                                               scale_invariant_signal_distortion_ratio)
+    from torchmetrics.functional.audio import (
+        permutation_invariant_training,
+        scale_invariant_signal_distortion_ratio,
+    )
     best, _ = permutation_invariant_training(est, ref, scale_invariant_signal_distortion_ratio,
                                              mode="speaker-wise", eval_func="max")
     return -best.mean()

@@ -9,7 +9,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import ugr_kernels as uk
 from ugr_kernels import backends

@@ -5,7 +5,6 @@ total score, against exhaustive PIT for C <= 6, for the absence of host syncs,
 under torch.compile, and end to end in weighted_sisdr against the float64
 reference backend for 8 and 12 sources.
 """
-import numpy as np
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode

@@ -218,7 +218,8 @@ def test_load_sources_preload_and_lazy(tmp_path):
     bank = load_sources(cat, progress=False)
     assert bank.preloaded and len(bank) == 6 and bank.classes == ("a", "b")
     assert bank.raw(0).dtype == np.int16  # 16-bit PCM kept as int16
-    assert bank.audio(2).dtype == np.float32 and bank.lengths.tolist() == [1000 + 100 * i for i in range(6)]
+    assert bank.audio(2).dtype == np.float32
+    assert bank.lengths.tolist() == [1000 + 100 * i for i in range(6)]
     assert bank.label_ids.tolist() == [0, 1] * 3
     assert 0.1 < bank.rms(0) < 0.25
     lazy = load_sources(cat, preload=False, progress=False)

@@ -7,7 +7,6 @@ tile edges, B = 1, C up to 6, every dtype, 60-90 dB, NaN with check_finite=False
 Then the op contracts: opcheck, gradcheck, torch.compile without recompiles, the
 number of dispatched operators per forward+backward, import order, fallbacks.
 """
-import itertools
 import subprocess
 import sys
 import textwrap
@@ -369,7 +368,7 @@ def test_gradcheck_float64():
     mask = torch.tensor([[True, False], [True, True]])
     for kw in (dict(mixture=mix), dict(mixture=mix, mask=mask), dict(clamp_db=25.0)):
         assert torch.autograd.gradcheck(
-            lambda e: uk.weighted_sisdr(e, ref, backend="cpp", **kw).sisdr, (est,))
+            lambda e, kw=kw: uk.weighted_sisdr(e, ref, backend="cpp", **kw).sisdr, (est,))
     assert torch.autograd.gradcheck(
         lambda e: uk.weighted_sisdr(e, ref, mixture=mix, backend="cpp").sisdri, (est,))
     assert torch.autograd.gradcheck(

@@ -30,7 +30,8 @@ T = 1600  # short segments keep the tests fast
 def _noise_bank(n_classes=4, per_class=3, length=3000, seed=0, name="env"):
     rng = np.random.default_rng(seed)
     items = [SourceItem(f"{name}{c}_{j}", f"c{c}", f"{name}{c}_{j}", "train",
-                        audio=(rng.standard_normal(length) * rng.uniform(0.01, 0.3)).astype(np.float32))
+                        audio=(rng.standard_normal(length)
+                               * rng.uniform(0.01, 0.3)).astype(np.float32))
              for c in range(n_classes) for j in range(per_class)]
     return load_sources(SourceCatalog(items, name=name), progress=False)
 
@@ -244,7 +245,8 @@ def test_build_datasets_synthetic():
 # --------------------------------------------------------------------------- real data
 
 def _need_real() -> Path:
-    if not ((DATA_DIR / "esc50" / "meta.csv").is_file() and (DATA_DIR / "speech" / "meta.csv").is_file()):
+    if not ((DATA_DIR / "esc50" / "meta.csv").is_file()
+            and (DATA_DIR / "speech" / "meta.csv").is_file()):
         pytest.skip(f"real audio not found at {DATA_DIR} (set UGR_DATA_DIR)")
     return DATA_DIR
 

@@ -9,9 +9,9 @@ import pytest
 import soundfile as sf
 import torch
 
+from model import build_model
 from train import separate as S
 from train.checkpoint import save_checkpoint
-from model import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

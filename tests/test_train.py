@@ -4,10 +4,10 @@ import json
 import math
 import os
 import signal
-import time
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -87,10 +87,10 @@ def test_default_synthetic_run_writes_metrics_and_results(tmp_path):
                      "--weighting", "robust", "--alpha", "0.2")
     out = trainer.run()
     run_dir = tmp_path / "run"
-    lines = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [l["step"] for l in lines if l["kind"] == "train"] == [2, 4, 6]
-    assert [l["step"] for l in lines if l["kind"] == "val"] == [3, 6]
-    assert all(l["alpha"] == 0.2 for l in lines if l["kind"] == "train")
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if r["kind"] == "train"] == [2, 4, 6]
+    assert [r["step"] for r in lines if r["kind"] == "val"] == [3, 6]
+    assert all(r["alpha"] == 0.2 for r in lines if r["kind"] == "train")
     assert (run_dir / "checkpoint.pt").exists() and (run_dir / "test_sisdri.csv").exists()
     res = json.loads((run_dir / "results.json").read_text())
     assert set(res["test"]) >= {"mean", "std", "p1", "p50", "p99"}
@@ -116,10 +116,12 @@ def test_resume_continues_exactly(tmp_path):
     a, b = params(tmp_path / "a" / "checkpoint.pt"), params(tmp_path / "b" / "checkpoint.pt")
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    train_a = [json.loads(l) for l in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
-               if '"train"' in l]
-    train_b = [json.loads(l) for l in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
-               if '"train"' in l]
+    text_a = (tmp_path / "a" / "metrics.jsonl").read_text()
+    train_a = [json.loads(line) for line in text_a.splitlines()
+               if '"train"' in line]
+    text_b = (tmp_path / "b" / "metrics.jsonl").read_text()
+    train_b = [json.loads(line) for line in text_b.splitlines()
+               if '"train"' in line]
     assert [r["loss"] for r in train_a] == [r["loss"] for r in train_b]
 
 
@@ -135,8 +137,8 @@ def test_resume_after_a_crash_drops_metrics_logged_after_the_checkpoint(tmp_path
     resumed, _ = run(tmp_path, "--steps", "6", "--eval-every", "0", "--no-test", "--resume",
                      "--log-every", "1", name="crash")
     resumed.run()
-    steps = [json.loads(l)["step"] for l in metrics.read_text().splitlines()
-             if json.loads(l)["kind"] == "train"]
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()
+             if json.loads(line)["kind"] == "train"]
     assert steps == [1, 2, 3, 4, 5, 6]
 
 
@@ -212,7 +214,8 @@ def test_non_finite_loss_skips_the_step_and_is_counted(tmp_path, monkeypatch):
     step_fn.forward = sometimes_nan
     trainer.run()
     assert trainer.non_finite_steps == 1
-    last = [r for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+    text = (tmp_path / "run" / "metrics.jsonl").read_text()
+    last = [r for r in map(json.loads, text.splitlines())
             if r["kind"] == "train"][-1]
     assert last["non_finite_steps"] == 1
 
@@ -234,7 +237,8 @@ def test_ddp_two_processes_equal_one_process_on_the_combined_batch(tmp_path):
                            "--run-dir", str(tmp_path / "two")],
                           cwd=ROOT, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    one, two = params(tmp_path / "one" / "checkpoint.pt"), params(tmp_path / "two" / "checkpoint.pt")
+    one = params(tmp_path / "one" / "checkpoint.pt")
+    two = params(tmp_path / "two" / "checkpoint.pt")
     # decoder.bias adds a DC offset, to which zero-mean SI-SDR is blind: its true gradient
     # is exactly 0, and Adam normalises the rounding noise left in it into +-lr steps that
     # differ with any change of summation order. Every other parameter must agree to
@@ -255,8 +259,9 @@ def test_short_training_on_real_audio_lowers_the_loss(tmp_path, data_dir):
                      "--segment-seconds", "0.5", "--eval-every", "0", "--log-every", "10",
                      "--no-test", "--lr", "3e-3")
     trainer.run()
-    lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-             if '"train"' in l]
+    text = (tmp_path / "run" / "metrics.jsonl").read_text()
+    lines = [json.loads(line) for line in text.splitlines()
+             if '"train"' in line]
     assert lines[-1]["loss"] < lines[0]["loss"]
 
 

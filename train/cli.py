@@ -32,7 +32,7 @@ def _number(kind, lowest=None, strict=False, what=None):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
         if not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r} (not finite)")
         if lowest is not None and (value < lowest or (strict and value == lowest)):
@@ -60,11 +60,13 @@ def _gammas(text: str) -> dict[str, float]:
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, sep, value = part.partition("=")
         if not sep or not name:
-            raise argparse.ArgumentTypeError(f"expected CLASS=GAMMA pairs like speech=3,env=0, got {part!r}")
+            raise argparse.ArgumentTypeError(
+                f"expected CLASS=GAMMA pairs like speech=3,env=0, got {part!r}")
         try:
             out[name.strip()] = float(value)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"gamma for {name!r} is not a number: {value!r}")
+            raise argparse.ArgumentTypeError(
+                f"gamma for {name!r} is not a number: {value!r}") from None
         if not math.isfinite(out[name.strip()]):
             raise argparse.ArgumentTypeError(f"gamma for {name!r} must be finite, got {value!r}")
     if not out:
@@ -128,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="loss backend; overrides --fused. unfused: the textbook torch loss; "
                         "others: ugr_kernels backends (reference = its float64 oracle)")
     g.add_argument("--weighting", type=_weightings, default=["uniform"],
-                   help=f"scheme(s) giving the score F, combined with '+': {', '.join(WEIGHTINGS)}. "
+                   help="scheme(s) giving the score F, combined with '+': "
+                        f"{', '.join(WEIGHTINGS)}. "
                         "robust: F=alpha*L; curriculum: F=beta(step)*L; class: F=gamma[class]; "
                         "temperature: the authors' F=L/T with T=max(2, 20-(epoch+1))")
     g.add_argument("--alpha", type=_finite_float, default=0.1,
@@ -163,15 +166,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="divide the learning rate every this many epochs (0 = never)")
     g.add_argument("--lr-decay-factor", type=_positive_float, default=3.0,
                    help="divisor of the learning-rate decay")
-    g.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the model init and training mixtures")
+    g.add_argument("--seed", type=_non_negative_int, default=0,
+                   help="seed of the model init and training mixtures")
 
     g = p.add_argument_group("evaluation, logging, checkpoints")
     g.add_argument("--run-dir", default="runs/default",
                    help="folder for config.json, metrics.jsonl, checkpoint.pt and results")
     g.add_argument("--eval-every", type=_non_negative_int, default=100,
                    help="validate every this many steps (0 = only at the end)")
-    g.add_argument("--eval-batch-size", type=_positive_int, default=8, help="batch size of evaluation")
-    g.add_argument("--log-every", type=_positive_int, default=10, help="write a metrics line every N steps")
+    g.add_argument("--eval-batch-size", type=_positive_int, default=8,
+                   help="batch size of evaluation")
+    g.add_argument("--log-every", type=_positive_int, default=10,
+                   help="write a metrics line every N steps")
     g.add_argument("--checkpoint-every", type=_non_negative_int, default=100,
                    help="save the checkpoint every N steps (0 = only at the end / on Ctrl-C)")
     g.add_argument("--resume", action="store_true",
@@ -180,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     g = p.add_argument_group("hardware")
-    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    g.add_argument("--device", default=None,
+                   help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     g.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for torch")
     g.add_argument("--amp", action="store_true", help="bf16 autocast for the model on GPU")
     g.add_argument("--compile", action="store_true",

@@ -132,7 +132,8 @@ class RunConfig:
         unit = self.schedule_unit
         duration = self.beta_steps
         if duration is None:  # half the training, in the schedule's unit
-            duration = max(1, (self.steps // self.epoch_steps if unit == "epoch" else self.steps) // 2)
+            span = self.steps // self.epoch_steps if unit == "epoch" else self.steps
+            duration = max(1, span // 2)
         start, end, kind = self.beta_start, self.beta_end, self.beta_schedule
         if kind == "constant":
             return W.Constant(start, unit=unit)

@@ -117,7 +117,8 @@ class SourceCatalog(Sequence[SourceItem]):
         return iter(self.items)
 
     def __repr__(self) -> str:
-        counts = {s: n for s, n in ((s, sum(it.split == s for it in self.items)) for s in SPLITS) if n}
+        counts = {s: sum(it.split == s for it in self.items) for s in SPLITS}
+        counts = {s: n for s, n in counts.items() if n}
         return (f"SourceCatalog({self.name!r}, {len(self)} items, {len(self.classes)} classes, "
                 f"{len(self.groups)} groups, splits={counts})")
 

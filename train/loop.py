@@ -9,7 +9,6 @@ validation, checkpoints, Ctrl-C and the final test.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import signal
@@ -25,7 +24,7 @@ from model import build_model, count_parameters
 from . import distributed as D
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunConfig
-from .evaluate import evaluate, format_table, per_class, summarize
+from .evaluate import evaluate, format_table, summarize
 from .metrics import MetricsLog
 from .pipeline import build_data, loader_rate, to_device, train_loader
 from .step import StepMetrics, TrainStep
@@ -237,7 +236,8 @@ class Trainer:
             elif self._interrupted and not self.dist.enabled:
                 break  # one process: nobody to agree with, stop right here
             t_aside = time.perf_counter()  # validation and saving are not training time
-            if config.eval_every and self.step % config.eval_every == 0 and self.step < config.steps:
+            if (config.eval_every and self.step % config.eval_every == 0
+                    and self.step < config.steps):
                 self.validate(bar)
             if config.checkpoint_every and self.step % config.checkpoint_every == 0:
                 self.save()

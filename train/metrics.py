@@ -50,5 +50,5 @@ class MetricsLog:
             if int(record.get("step", 0)) <= step:
                 kept.append(line)
         tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(l + "\n" for l in kept))
+        tmp.write_text("".join(line + "\n" for line in kept))
         os.replace(tmp, self.path)

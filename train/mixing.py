@@ -362,7 +362,8 @@ class StepBatchSampler(Sampler[list[int]]):
         if world_size < 1 or not 0 <= rank < world_size or batch_size % world_size:
             raise ValueError(f"batch_size {batch_size} must split evenly over {world_size} "
                              f"ranks (rank {rank})")
-        self.batch_size, self.start_step, self.num_steps = int(batch_size), int(start_step), num_steps
+        self.batch_size, self.start_step = int(batch_size), int(start_step)
+        self.num_steps = num_steps
         self.local = self.batch_size // world_size
         self.offset = rank * self.local
 

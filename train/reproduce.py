@@ -96,7 +96,8 @@ def curriculum(opts, out):
             runs.append(run)
             labels.append(f"{kind} seed {seed}")
             rows.append({"kind": kind, "seed": seed, "val_curve": run["val"],
-                         "final_val": run["val"][-1][1], "test_mean": run["results"]["test"]["mean"],
+                         "final_val": run["val"][-1][1],
+                         "test_mean": run["results"]["test"]["mean"],
                          "train_seconds": run["results"].get("wall_seconds")})
     finals = [r["final_val"] for r in rows if r["kind"] == "uniform"]
     threshold = opts.threshold if opts.threshold is not None else 0.9 * float(np.mean(finals))

@@ -293,7 +293,8 @@ def _env_impact(r, n):
         hit = np.zeros(n - at)
         for _ in range(r.integers(2, 5)):  # modal resonances
             f, tau = r.uniform(100, 3500), r.uniform(0.01, 0.3)
-            hit += r.uniform(0.2, 1) * np.exp(-tt / tau) * np.sin(2 * np.pi * f * tt + r.uniform(0, 6.3))
+            phase = r.uniform(0, 6.3)
+            hit += r.uniform(0.2, 1) * np.exp(-tt / tau) * np.sin(2 * np.pi * f * tt + phase)
         cl = min(int(r.uniform(0.001, 0.005) * SR), hit.size)
         hit[:cl] += r.standard_normal(cl) * 2  # contact click
         x[at:] += r.uniform(0.2, 1.0) * hit

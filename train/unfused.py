@@ -35,10 +35,11 @@ def pairwise_sisdr(est: Tensor, ref: Tensor, eps: float = 1e-12,
     """
     x = est - est.mean(-1, keepdim=True)
     y = ref - ref.mean(-1, keepdim=True)
-    x, y = x.unsqueeze(2), y.unsqueeze(1)                              # (B, Ce, 1, T), (B, 1, Cr, T)
+    x, y = x.unsqueeze(2), y.unsqueeze(1)           # (B, Ce, 1, T), (B, 1, Cr, T)
     ex, ey = (x * x).sum(-1), (y * y).sum(-1)
     valid = ((ex > 0) & (ey > 0)).expand(est.shape[0], est.shape[1], ref.shape[1])
-    scale = (x * y).sum(-1, keepdim=True) / torch.where(ey > 0, ey, torch.ones_like(ey)).unsqueeze(-1)
+    safe_ey = torch.where(ey > 0, ey, torch.ones_like(ey))
+    scale = (x * y).sum(-1, keepdim=True) / safe_ey.unsqueeze(-1)
     s = scale * y
     e = x - s
     num = (s * s).sum(-1) + eps * ex

@@ -10,12 +10,31 @@ from __future__ import annotations
 import warnings
 
 from . import backends
-from .api import WeightedSISDRResult, permutation_table, pit_best_perm, sisdr_from_stats, weighted_sisdr
+from .api import (
+    WeightedSISDRResult,
+    permutation_table,
+    pit_best_perm,
+    sisdr_from_stats,
+    weighted_sisdr,
+)
 from .loss import WeightedSISDRLoss
 from .pmf import Reweighted, reweight, softmax_pmf
 from .reference import pairwise_sisdr
-from .weighting import (ClassBias, Constant, Cosine, Curriculum, Custom, Exponential,
-                        InverseTemperature, Linear, Robust, Schedule, Step, Uniform, Weighting)
+from .weighting import (
+    ClassBias,
+    Constant,
+    Cosine,
+    Curriculum,
+    Custom,
+    Exponential,
+    InverseTemperature,
+    Linear,
+    Robust,
+    Schedule,
+    Step,
+    Uniform,
+    Weighting,
+)
 
 __version__ = "0.1.0"
 

@@ -1,15 +1,18 @@
 """``weighted_sisdr``: batched (PIT) SI-SDR / SI-SDRi with a softmax pmf over the batch.
 
-The flow (see ``ARCHITECTURE.md``)::
+The flow::
 
     est, ref (B, C, T) -> sufficient statistics per (b, i, j)      [one pass over T]
                        -> SI-SDR matrix (B, C, C) -> PIT perm -> L per item
                        -> F = alpha * L + bias (+ score_fn(L)) -> masked softmax pmf p
                        -> loss = sum_i p_i L_i
-    backward: dL/dstats (tiny) -> d est                              [one pass over T]
+    backward: per-item coefficients -> d est                         [one pass over T]
 
-Only the two passes touch T-sized memory (``ugr_kernels.ops``); everything here
-works on (B, C, C) tensors in float64, is vectorised and free of host syncs.
+Where the backend has them (``ugr_kernels.fused``: C++, Triton) the whole forward is
+one op and the backward another. Otherwise (a ``score_fn``, gradients for ``ref`` or
+the mixture, PIT beyond 6 sources) only the two passes are ops (``ugr_kernels.ops``)
+and the middle is the readable torch code below, on (B, C, C) tensors in float64,
+vectorised and free of host syncs.
 """
 from __future__ import annotations
 
@@ -133,6 +136,15 @@ def weighted_sisdr(
     Returns:
         ``WeightedSISDRResult(loss, sisdr, sisdri, weights, perm, mask)``; float
         tensors are float64 for float64 inputs and float32 otherwise.
+
+    Example:
+        >>> import torch, ugr_kernels as uk
+        >>> ref = torch.randn(4, 2, 8000)
+        >>> est = (ref.flip(1) + 0.1 * torch.randn_like(ref)).requires_grad_()
+        >>> out = uk.weighted_sisdr(est, ref, mixture=ref.sum(1), alpha=0.1)
+        >>> out.loss.backward()
+        >>> out.perm[0].tolist(), tuple(out.sisdri.shape), round(float(out.weights.sum()), 6)
+        ([1, 0], (4, 2), 1.0)
     """
     check = check_finite and not torch.compiler.is_compiling()
     est, ref, mixture = _check_inputs(est, ref, mixture, granularity)
@@ -383,7 +395,8 @@ def _check_inputs(est, ref, mixture, granularity):
     if min(est.shape) < 1:
         raise ValueError(f"est has an empty dimension: {tuple(est.shape)}")
     if est.device != ref.device:
-        raise ValueError(f"est and ref must be on the same device, got {est.device} and {ref.device}")
+        raise ValueError(f"est and ref must be on the same device, got {est.device} and "
+                         f"{ref.device}")
     if mixture is not None:
         if not isinstance(mixture, Tensor) or mixture.dtype not in _FLOAT_DTYPES:
             raise ValueError("mixture must be a floating-point torch.Tensor")

@@ -20,12 +20,13 @@ a handful of torch ops on (B, C) tensors; an example that already reached a free
 column points its search at a padding row of +inf costs, so its later steps
 change nothing (distances, path, sink and dual step stay frozen). The augmenting
 path (at most k + 1 columns) is then collected by pointer doubling in
-ceil(log2(k + 1)) steps and the potentials are updated as in Crouse's method. The iteration count depends on C only, never
-on the data, so there is no host sync (no ``.item()``, no ``nonzero``, no
-boolean indexing, no data-dependent Python branch), the whole solve runs on the
-tensors' device, can be captured in a CUDA graph and traced by
-``torch.compile(fullgraph=True)``. Ties are broken by ``min`` taking the first
-minimum, so results are deterministic (an all-equal matrix gives the identity).
+ceil(log2(k + 1)) steps and the potentials are updated as in Crouse's method.
+The iteration count depends on C only, never on the data, so there is no host
+sync (no ``.item()``, no ``nonzero``, no boolean indexing, no data-dependent
+Python branch), the whole solve runs on the tensors' device, can be captured in
+a CUDA graph and traced by ``torch.compile(fullgraph=True)``. Ties are broken by
+``min`` taking the first minimum, so results are deterministic (an all-equal
+matrix gives the identity).
 
 Cost: C (C + 1) / 2 Dijkstra steps of ~13 small kernels each, plus O(C log C)
 for the path walks: 793 non-view ops for C = 8, 1541 for C = 12, 2513 for C = 16,
@@ -48,6 +49,7 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+
 
 def best_assignment(score: Tensor, valid: Optional[Tensor] = None) -> Tensor:
     """Exact maximum-score assignment for a batch of square score matrices.

@@ -15,9 +15,9 @@ the stats kernel runs with a fixed tile per launch (its partials depend on it) a
 the combine kernel is autotuned over tile size and warps (its output is bitwise
 independent of the configuration); autotuning benchmarks, and so synchronises,
 on the first call for a new (Cx, Cy, T), so while a CUDA graph is being captured
-a fixed configuration is launched instead (warm up before capturing). On CPU tensors the kernels run through the
-Triton interpreter, which needs ``TRITON_INTERPRET=1`` set before this backend's
-first call.
+a fixed configuration is launched instead (warm up before capturing). On CPU
+tensors the kernels run through the Triton interpreter, which needs
+``TRITON_INTERPRET=1`` set before triton is first imported (torch imports it).
 """
 from __future__ import annotations
 
