@@ -463,3 +463,30 @@ def test_fused_cuda_bitwise_repeatable_and_non_finite_alpha():
     # ... and check_finite raises, from the one sync it makes.
     with pytest.raises(ValueError, match="alpha"):
         uk.weighted_sisdr(est, ref, mixture=mix, alpha=nan_alpha, backend="cuda")
+
+
+@fused_cuda
+@pytest.mark.parametrize("granularity", ["source", "example"])
+def test_fused_cuda_opcheck_and_gradcheck(granularity):
+    from ugr_kernels import fused
+
+    est, ref, mix = (x.nan_to_num() for x in _fused_inputs(3, 2, 301, torch.float64, seed=8))
+    by_source = granularity == "source"
+    items = (3, 2) if by_source else (3,)
+    alpha = torch.tensor(0.5, device="cuda", dtype=torch.float64)
+    bias = torch.linspace(-1, 1, 3, device="cuda", dtype=torch.float64)
+    bias = bias.view(3, 1).expand(items).contiguous() if by_source else bias
+    mask = torch.ones(items, device="cuda", dtype=torch.bool)
+    est_g = est.clone().requires_grad_(True)
+    args = (est_g, ref, mix, alpha, bias, mask, by_source, True, True, 1e-12, float("inf"))
+    torch.library.opcheck(fused.WEIGHTED_SISDR_FWD, args)
+    _, _, _, _, perm, _, coef = fused.WEIGHTED_SISDR_FWD(*args)
+    torch.library.opcheck(fused.WEIGHTED_SISDR_BWD,
+                          (torch.tensor(1.0, device="cuda"), None,
+                           torch.randn(3, 2, device="cuda"), est.float(), ref.float(), perm,
+                           coef))
+    # alpha = 0: the weights (stop-gradient by design) do not depend on est.
+    for fn in (lambda e: uk.weighted_sisdr(e, ref, mixture=mix, alpha=0.0, bias=bias,
+                                           granularity=granularity, backend="cuda").loss,
+               lambda e: uk.weighted_sisdr(e, ref, backend="cuda", clamp_db=25.0).sisdr):
+        assert torch.autograd.gradcheck(fn, (est_g,))
