@@ -252,6 +252,7 @@ _FUSED_CASES = [
     (4, 3, 5001, False, "source", True, torch.float64),
     (6, 1, 777, True, "example", True, torch.float32),
     (3, 4, 9000, True, "example", True, torch.bfloat16),
+    (4, 2, 3001, True, "source", True, torch.float16),
     (2, 6, 4000, True, "source", True, torch.float32),
     (300, 2, 50, True, "source", True, torch.float32),      # more items than threads
     (2, 8, 3000, True, "source", False, torch.float32),     # register tile, 9 x rows
@@ -264,7 +265,9 @@ _FUSED_CASES = [
 def _fused_inputs(b, c, t, dtype, seed=0):
     g = torch.Generator(device="cuda").manual_seed(seed)
     ref = torch.randn(b, c, t, device="cuda", generator=g, dtype=torch.float64)
-    level = torch.logspace(-2, 0.3, b, device="cuda", dtype=torch.float64).view(b, 1, 1)
+    # SI-SDR from about -6 dB up to 40 dB (90 dB for float64 inputs).
+    low = -4.5 if dtype == torch.float64 else -2.0
+    level = torch.logspace(low, 0.3, b, device="cuda", dtype=torch.float64).view(b, 1, 1)
     est = ref.roll(1, dims=1) + level * torch.randn(b, c, t, device="cuda", generator=g,
                                                      dtype=torch.float64) + 0.05
     mix = ref.sum(1) + 0.3 * torch.randn(b, t, device="cuda", generator=g, dtype=torch.float64)
