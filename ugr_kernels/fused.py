@@ -288,7 +288,10 @@ def _alpha_tensor(alpha, device) -> Tensor:
     alpha = float(alpha)
     if not math.isfinite(alpha):
         raise ValueError(f"alpha must be finite, got {alpha}")
-    return torch.tensor(alpha, dtype=torch.float64, device=device)
+    if torch.device(device).type == "cpu":
+        return torch.tensor(alpha, dtype=torch.float64)
+    # On a GPU a fill kernel, not a blocking host-to-device copy: CUDA-graph capturable.
+    return torch.full((), alpha, dtype=torch.float64, device=device)
 
 
 def _item_tensor(t, items: tuple, dtype, name: str, device) -> Optional[Tensor]:
