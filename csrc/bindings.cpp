@@ -6,12 +6,24 @@
 // Defined in ugr_fused_cpu.cpp, which registers the fused ops' CPU kernels with
 // the dispatcher (TORCH_LIBRARY_IMPL); their schemas live in ugr_kernels/fused.py.
 int64_t fused_coef_width();
+#ifdef UGR_WITH_CUDA
+// Defined in cuda/ugr_fused_cuda.cu, which registers the fused ops' CUDA kernels.
+bool ugr_has_fused_cuda();
+#endif
 
 namespace {
 
 bool has_cuda() {
 #ifdef UGR_WITH_CUDA
   return true;
+#else
+  return false;
+#endif
+}
+
+bool has_fused_cuda() {
+#ifdef UGR_WITH_CUDA
+  return ugr_has_fused_cuda();
 #else
   return false;
 #endif
@@ -30,6 +42,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("g"), py::arg("h"), py::call_guard<py::gil_scoped_release>(),
         "sum_j g_ij (y_j - my_j) + h_i (x_i - mx_i) on CPU, x's shape and dtype");
   m.def("has_cuda", &has_cuda, "True when the extension was compiled with the CUDA kernels");
+  m.def("has_fused_cuda", &has_fused_cuda,
+        "True when the extension registers CUDA kernels of ugr::weighted_sisdr_fwd/_bwd");
   m.def("tile_size", []() { return ugr::kCpuTile; },
         "samples per (example, tile) work item of the CPU kernels");
   m.def("fused_coef_width", &fused_coef_width,

@@ -7,7 +7,11 @@ formed over the ranks in torch, see ``fused_weighted_sisdr``), PIT is exhaustive
 else goes through the two passes and the torch epilogue (the readable reference path).
 
 The ops (schemas defined here, once; kernels registered per device: the C++ CPU
-kernels by ``csrc/ugr_fused_cpu.cpp`` with ``TORCH_LIBRARY_IMPL(ugr, CPU)``)::
+kernels by ``csrc/ugr_fused_cpu.cpp`` with ``TORCH_LIBRARY_IMPL(ugr, CPU)``, the CUDA
+kernels, when the extension is built with CUDA, by ``csrc/cuda/ugr_fused_cuda.cu`` with
+``TORCH_LIBRARY_IMPL(ugr, CUDA)``: backend name "cuda", three launches per forward +
+backward, no host sync; there a non-finite alpha or bias is not raised by the op, its
+items drop out of the pmf, and ``check_finite`` raises)::
 
     ugr::weighted_sisdr_fwd(Tensor est, Tensor ref, Tensor? mixture, Tensor alpha,
         Tensor? bias, Tensor? mask, bool by_source, bool pit, bool zero_mean, float eps,
@@ -194,6 +198,20 @@ register_backend("cpp", WEIGHTED_SISDR_FWD, WEIGHTED_SISDR_BWD,
                  autograd=_load_extension() is None)
 
 
+def has_fused_cuda() -> bool:
+    """The extension registers CUDA kernels on these ops (``csrc/cuda/ugr_fused_cuda.cu``)."""
+    ext = _load_extension()
+    return (ext is not None and getattr(ext, "has_fused_cuda", lambda: False)()
+            and torch._C._dispatch_has_kernel_for_dispatch_key(
+                "ugr::weighted_sisdr_fwd", "CUDA"))
+
+
+# The CUDA kernels are registered on the same ops (dispatch key CUDA), and the
+# extension's C++ autograd kernel serves every device: no Python glue.
+if has_fused_cuda():
+    register_backend("cuda", WEIGHTED_SISDR_FWD, WEIGHTED_SISDR_BWD, autograd=False)
+
+
 def fused_weighted_sisdr(ops: FusedOps, est: Tensor, ref: Tensor, mixture: Optional[Tensor],
                          alpha, bias, mask, granularity: str, pit: bool, zero_mean: bool,
                          eps: float, clamp_db: Optional[float], check: bool,
@@ -270,7 +288,10 @@ def _alpha_tensor(alpha, device) -> Tensor:
     alpha = float(alpha)
     if not math.isfinite(alpha):
         raise ValueError(f"alpha must be finite, got {alpha}")
-    return torch.tensor(alpha, dtype=torch.float64, device=device)
+    if torch.device(device).type == "cpu":
+        return torch.tensor(alpha, dtype=torch.float64)
+    # On a GPU a fill kernel, not a blocking host-to-device copy: CUDA-graph capturable.
+    return torch.full((), alpha, dtype=torch.float64, device=device)
 
 
 def _item_tensor(t, items: tuple, dtype, name: str, device) -> Optional[Tensor]:
