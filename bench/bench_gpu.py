@@ -182,6 +182,45 @@ def test_weighting_overhead(benchmark, shape, weighting):
             fn=lambda: _step(loss_fn, est, ref), what="weighting overhead")
 
 
+VARIANT_GRID = [(16, 2, 32000, "fp32"), (64, 2, 64000, "fp32"), (64, 4, 64000, "bf16")]
+
+
+@pytest.mark.parametrize("variant", ["fused", "2pass-fp64", "2pass-fp32acc"])
+@pytest.mark.parametrize("shape", VARIANT_GRID, ids=_ids(VARIANT_GRID))
+def test_triton_fusion_and_precision_cost(benchmark, shape, variant):
+    """What the fused epilogue saves and what float64 accumulation costs (issues 8, 13).
+
+    fused: the default Triton path (3 launches, float64 tile sums); 2pass-fp64: the two
+    Triton passes with the torch epilogue (``ugr_kernels.fused.disabled()``); 2pass-fp32acc:
+    the same with the old fp32 tile sums (``ACCUMULATE_F64 = False``: wrong above ~50 dB,
+    measured only to price the fix).
+    """
+    if not backends.is_available("triton", "cuda"):
+        pytest.skip("triton is not available")
+    from ugr_kernels import fused
+    tb = backends.get_backend("triton")
+    b, c, t, dtype_name = shape
+    benchmark.group = f"triton variants B{b}-C{c}-T{t}-{dtype_name}"
+    est, ref = _inputs(b, c, t, dtype_name)
+
+    def loss_fn(e, r):
+        return uk.weighted_sisdr(e, r, backend="triton", check_finite=False).loss
+
+    before = tb.ACCUMULATE_F64
+    tb.ACCUMULATE_F64 = variant != "2pass-fp32acc"
+    try:
+        if variant == "fused":
+            fn = lambda: _step(loss_fn, est, ref)  # noqa: E731
+        else:
+            def fn():
+                with fused.disabled():
+                    _step(loss_fn, est, ref)
+        _record(benchmark, backend=f"triton {variant}", shape=(b, c, t), dtype_name=dtype_name,
+                nbytes=_step_bytes(b, c, t, dtype_name), fn=fn, what="fusion / precision")
+    finally:
+        tb.ACCUMULATE_F64 = before
+
+
 # ---------------------------------------------------------------- reference and peers
 
 def _reference_loss(e, r):
