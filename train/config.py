@@ -99,6 +99,8 @@ class RunConfig:
         if model == "auto":
             model = "sudormrf-0.25x" if device.type == "cuda" else "sudormrf-tiny"
         backend = self.backend or ("auto" if self.fused else "unfused")
+        if backend == "auto":        # name the kernels that will run (header, config.json)
+            backend = uk.backends.resolve("auto", device.type)
         workers = self.num_workers
         if workers == "auto":
             workers = auto_workers(device, self.threads or torch.get_num_threads(), ranks_per_node)
