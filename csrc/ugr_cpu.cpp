@@ -16,6 +16,7 @@
 // runs when the CPU has it (no -march flags, so the binary runs anywhere).
 // UGR_CPU_ISA=base in the environment forces the baseline copy.
 #include "ugr.h"
+#include "ugr_cpu_dispatch.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -42,6 +43,7 @@
 #define UGR_LANES 2
 #define UGR_F16C 0
 #include "ugr_cpu_kernels.h"
+#include "ugr_fused_kernels.h"
 #undef UGR_NS
 #undef UGR_LANES
 #undef UGR_F16C
@@ -57,6 +59,7 @@
 #define UGR_LANES 4
 #define UGR_F16C 1
 #include "ugr_cpu_kernels.h"
+#include "ugr_fused_kernels.h"
 #undef UGR_NS
 #undef UGR_LANES
 #undef UGR_F16C
@@ -71,30 +74,20 @@ namespace {
 
 using ugr::kCpuTile;
 
-// Minimum number of samples (all channels) per parallel chunk: below it a
-// thread start costs more than it saves.
-constexpr int64_t kMinSamplesPerChunk = 1 << 15;
-
-// One ISA path: function pointers into ugr_base or ugr_avx2.
-struct Kernels {
-  const char* name;
-  void (*stats_f)(const float* const*, const float* const*, int64_t, int64_t, int64_t, double*);
-  void (*stats_d)(const double* const*, const double* const*, int64_t, int64_t, int64_t,
-                  double*);
-  void (*combine_f)(const float*, const float* const*, const double*, const double*, double,
-                    double, int64_t, int64_t, float*);
-  void (*combine_d)(const double*, const double* const*, const double*, const double*, double,
-                    double, int64_t, int64_t, double*);
-  void (*widen_h)(const c10::Half*, float*, int64_t);
-  void (*widen_b)(const c10::BFloat16*, float*, int64_t);
-  void (*narrow_h)(const float*, c10::Half*, int64_t);
-  void (*narrow_b)(const float*, c10::BFloat16*, int64_t);
-};
+using ugr::cpu::grain_items;
+using ugr::cpu::is_16bit;
+using ugr::cpu::is_float_dtype;
+using ugr::cpu::Kernels;
+using ugr::cpu::kernels;
+using ugr::cpu::narrow_tile;
+using ugr::cpu::num_tiles;
+using ugr::cpu::widen_tile;
 
 #define UGR_KERNEL_TABLE(ns)                                                            \
   Kernels {                                                                             \
     #ns, &ns::tile_stats<float>, &ns::tile_stats<double>, &ns::tile_combine<float>,     \
-        &ns::tile_combine<double>, static_cast<void (*)(const c10::Half*, float*, int64_t)>(&ns::widen), \
+        &ns::tile_combine<double>, &ns::fused_grad_row<float>,                          \
+        &ns::fused_grad_row<double>, static_cast<void (*)(const c10::Half*, float*, int64_t)>(&ns::widen), \
         static_cast<void (*)(const c10::BFloat16*, float*, int64_t)>(&ns::widen),       \
         static_cast<void (*)(const float*, c10::Half*, int64_t)>(&ns::narrow),          \
         static_cast<void (*)(const float*, c10::BFloat16*, int64_t)>(&ns::narrow)       \
@@ -126,27 +119,6 @@ const Kernels* best_kernels() {
 
 std::atomic<const Kernels*> g_kernels{nullptr};
 
-const Kernels& kernels() {
-  const Kernels* k = g_kernels.load(std::memory_order_acquire);
-  if (k == nullptr) {
-    k = best_kernels();
-    g_kernels.store(k, std::memory_order_release);
-  }
-  return *k;
-}
-
-inline int64_t num_tiles(int64_t length) {
-  return (length + kCpuTile - 1) / kCpuTile;
-}
-
-inline int64_t grain_items(int64_t channels) {
-  const int64_t per_item = kCpuTile * std::max<int64_t>(channels, 1);
-  return std::max<int64_t>(1, (kMinSamplesPerChunk + per_item - 1) / per_item);
-}
-
-template <typename T>
-constexpr bool is_16bit = std::is_same_v<T, c10::Half> || std::is_same_v<T, c10::BFloat16>;
-
 // Partial record of one (example, tile): tile means, then centred sums.
 struct Layout {
   int64_t cx, cy;
@@ -157,24 +129,6 @@ struct Layout {
   int64_t yy() const { return 2 * cx + cy + cx * cy; }
   int64_t size() const { return 2 * (cx + cy) + cx * cy; }
 };
-
-template <typename T>
-void widen_tile(const Kernels& k, const T* src, float* dst, int64_t n) {
-  if constexpr (std::is_same_v<T, c10::Half>) {
-    k.widen_h(src, dst, n);
-  } else {
-    k.widen_b(src, dst, n);
-  }
-}
-
-template <typename T>
-void narrow_tile(const Kernels& k, const float* src, T* dst, int64_t n) {
-  if constexpr (std::is_same_v<T, c10::Half>) {
-    k.narrow_h(src, dst, n);
-  } else {
-    k.narrow_b(src, dst, n);
-  }
-}
 
 template <typename T>
 void stats_kernel(const T* x, const T* y, int64_t batch, int64_t cx, int64_t cy, int64_t length,
@@ -321,10 +275,6 @@ void combine_kernel(const T* x, const T* y, const double* mx, const double* my, 
   });
 }
 
-bool is_float_dtype(at::ScalarType s) {
-  return s == at::kHalf || s == at::kBFloat16 || s == at::kFloat || s == at::kDouble;
-}
-
 void check_signal(const at::Tensor& t, const char* fn, const char* name) {
   TORCH_CHECK(t.defined(), fn, ": expected ", name, " to be a tensor, got an undefined tensor");
   TORCH_CHECK(t.device().is_cpu(), fn, ": expected ", name, " to be a CPU tensor, got device ",
@@ -359,6 +309,15 @@ at::Tensor coefficient(const at::Tensor& t, at::IntArrayRef shape, const char* f
 }
 
 }  // namespace
+
+const ugr::cpu::Kernels& ugr::cpu::kernels() {
+  const Kernels* k = g_kernels.load(std::memory_order_acquire);
+  if (k == nullptr) {
+    k = best_kernels();
+    g_kernels.store(k, std::memory_order_release);
+  }
+  return *k;
+}
 
 UgrStats stats_cpu(const at::Tensor& x_in, const at::Tensor& y_in, bool zero_mean) {
   constexpr const char* fn = "ugr stats_cpu";

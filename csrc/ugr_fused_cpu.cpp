@@ -33,6 +33,7 @@
 // Backward: s_j = grad_loss w + gate5 grad_sisdr[b, j] + gate6 grad_sisdri[b, j],
 // d est[b, k, t] = s_j a (ref[b, j, t] - my_j) + s_j c (est[b, k, t] - mx_k).
 #include "ugr.h"
+#include "ugr_cpu_dispatch.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -50,119 +51,22 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define UGR_X86_DISPATCH 1
-#include <immintrin.h>
-#else
-#define UGR_X86_DISPATCH 0
-#endif
-
-#define UGR_NS ugr_fused_base
-#define UGR_LANES 2
-#define UGR_F16C 0
-#include "ugr_cpu_kernels.h"
-#include "ugr_fused_kernels.h"
-#undef UGR_NS
-#undef UGR_LANES
-#undef UGR_F16C
-
-#if UGR_X86_DISPATCH
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c")
-#endif
-#define UGR_NS ugr_fused_avx2
-#define UGR_LANES 4
-#define UGR_F16C 1
-#include "ugr_cpu_kernels.h"
-#include "ugr_fused_kernels.h"
-#undef UGR_NS
-#undef UGR_LANES
-#undef UGR_F16C
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
-#endif
-
 namespace {
 
 using ugr::kCpuTile;
 
+using ugr::cpu::grain_items;
+using ugr::cpu::is_16bit;
+using ugr::cpu::is_float_dtype;
+using ugr::cpu::Kernels;
+using ugr::cpu::kernels;
+using ugr::cpu::narrow_tile;
+using ugr::cpu::num_tiles;
+using ugr::cpu::widen_tile;
+
 constexpr int64_t kCoefWidth = 10;
 constexpr int64_t kMaxPitSources = 6;
-// Below this many samples (all rows) per chunk a thread start costs more than it saves.
-constexpr int64_t kMinSamplesPerChunk = 1 << 15;
 constexpr double kDbPerNeper = 4.342944819032518;  // 10 / ln(10)
-
-struct FusedKernels {
-  void (*stats_f)(const float* const*, const float* const*, int64_t, int64_t, int64_t, double*);
-  void (*stats_d)(const double* const*, const double* const*, int64_t, int64_t, int64_t,
-                  double*);
-  void (*grad_f)(const float*, const float*, double, double, double, double, int64_t, float*);
-  void (*grad_d)(const double*, const double*, double, double, double, double, int64_t,
-                 double*);
-  void (*widen_h)(const c10::Half*, float*, int64_t);
-  void (*widen_b)(const c10::BFloat16*, float*, int64_t);
-  void (*narrow_h)(const float*, c10::Half*, int64_t);
-  void (*narrow_b)(const float*, c10::BFloat16*, int64_t);
-};
-
-#define UGR_FUSED_TABLE(ns)                                                                  \
-  FusedKernels {                                                                             \
-    &ns::tile_stats<float>, &ns::tile_stats<double>, &ns::fused_grad_row<float>,             \
-        &ns::fused_grad_row<double>,                                                         \
-        static_cast<void (*)(const c10::Half*, float*, int64_t)>(&ns::widen),                \
-        static_cast<void (*)(const c10::BFloat16*, float*, int64_t)>(&ns::widen),            \
-        static_cast<void (*)(const float*, c10::Half*, int64_t)>(&ns::narrow),               \
-        static_cast<void (*)(const float*, c10::BFloat16*, int64_t)>(&ns::narrow)            \
-  }
-
-const FusedKernels kBase = UGR_FUSED_TABLE(ugr_fused_base);
-#if UGR_X86_DISPATCH
-const FusedKernels kAvx2 = UGR_FUSED_TABLE(ugr_fused_avx2);
-#endif
-
-// The same ISA copy as the two-pass kernels (set_cpu_isa / UGR_CPU_ISA apply).
-const FusedKernels& fused_kernels() {
-#if UGR_X86_DISPATCH
-  if (cpu_isa() == "ugr_avx2") return kAvx2;
-#endif
-  return kBase;
-}
-
-template <typename T>
-constexpr bool is_16bit = std::is_same_v<T, c10::Half> || std::is_same_v<T, c10::BFloat16>;
-
-template <typename T>
-void widen_row(const FusedKernels& k, const T* src, float* dst, int64_t n) {
-  if constexpr (std::is_same_v<T, c10::Half>) {
-    k.widen_h(src, dst, n);
-  } else {
-    k.widen_b(src, dst, n);
-  }
-}
-
-template <typename T>
-void narrow_row(const FusedKernels& k, const float* src, T* dst, int64_t n) {
-  if constexpr (std::is_same_v<T, c10::Half>) {
-    k.narrow_h(src, dst, n);
-  } else {
-    k.narrow_b(src, dst, n);
-  }
-}
-
-inline int64_t num_tiles(int64_t length) {
-  return (length + kCpuTile - 1) / kCpuTile;
-}
-
-inline int64_t grain_items(int64_t rows) {
-  const int64_t per_item = kCpuTile * std::max<int64_t>(rows, 1);
-  return std::max<int64_t>(1, (kMinSamplesPerChunk + per_item - 1) / per_item);
-}
 
 // Statistics record of one tile or one example, as tile_stats writes it: means
 // mx[cx], my[cy], then sums centred on them: sxy[cx * cy], sxx[cx], syy[cy].
@@ -179,7 +83,7 @@ struct Layout {
 // The tile pass and the in-order merge: out holds one merged (centred) record
 // per example. Rows x: the C estimates, then the mixture when given.
 template <typename T>
-void merged_stats(const FusedKernels& k, const T* est, const T* ref, const T* mix,
+void merged_stats(const Kernels& k, const T* est, const T* ref, const T* mix,
                   int64_t batch, int64_t c, int64_t length, std::vector<double>& out) {
   const int64_t cx = c + (mix != nullptr ? 1 : 0), cy = c;
   const Layout L{cx, cy};
@@ -202,7 +106,7 @@ void merged_stats(const FusedKernels& k, const T* est, const T* ref, const T* mi
         const W* row;
         if constexpr (is_16bit<T>) {
           float* dst = wide.data() + r * kCpuTile;
-          widen_row(k, src, dst, n);
+          widen_tile(k, src, dst, n);
           row = dst;
         } else {
           row = src;
@@ -442,10 +346,6 @@ void epilogue(const FwdArgs& A, const std::vector<double>& merged, const FwdOut&
     }
 }
 
-bool is_float_dtype(at::ScalarType s) {
-  return s == at::kHalf || s == at::kBFloat16 || s == at::kFloat || s == at::kDouble;
-}
-
 void check_signals(const at::Tensor& est, const at::Tensor& ref, const char* fn) {
   for (const auto* t : {&est, &ref}) {
     const char* name = t == &est ? "est" : "ref";
@@ -528,7 +428,7 @@ FwdResult weighted_sisdr_fwd_cpu(const at::Tensor& est_in, const at::Tensor& ref
   at::Tensor coef = at::empty({batch, c, kCoefWidth}, f64);
   double loss64 = 0.0;
 
-  const FusedKernels& k = fused_kernels();
+  const Kernels& k = kernels();
   std::vector<double> merged;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, est.scalar_type(), "ugr_fused_fwd", [&] {
     merged_stats<scalar_t>(k, est.const_data_ptr<scalar_t>(), ref.const_data_ptr<scalar_t>(),
@@ -560,7 +460,7 @@ FwdResult weighted_sisdr_fwd_cpu(const at::Tensor& est_in, const at::Tensor& ref
 
 // d est from the forward's coefficients: one pass over T.
 template <typename T>
-void backward_kernel(const FusedKernels& k, const T* est, const T* ref, const int64_t* perm,
+void backward_kernel(const Kernels& k, const T* est, const T* ref, const int64_t* perm,
                      const double* scale_a, const double* scale_c, const double* coef,
                      int64_t batch, int64_t c, int64_t length, T* out) {
   const int64_t tiles = num_tiles(length);
@@ -583,10 +483,10 @@ void backward_kernel(const FusedKernels& k, const T* est, const T* ref, const in
           float* xw = wide.data();
           float* yw = xw + kCpuTile;
           float* ow = yw + kCpuTile;
-          if (cc != 0.0) widen_row(k, x, xw, n);
-          if (a != 0.0) widen_row(k, y, yw, n);
+          if (cc != 0.0) widen_tile(k, x, xw, n);
+          if (a != 0.0) widen_tile(k, y, yw, n);
           k.grad_f(xw, yw, a, cf[4], cc, cf[3], n, ow);
-          narrow_row(k, ow, o, n);
+          narrow_tile(k, ow, o, n);
         } else if constexpr (std::is_same_v<T, double>) {
           k.grad_d(x, y, a, cf[4], cc, cf[3], n, o);
         } else {
@@ -660,7 +560,7 @@ at::Tensor weighted_sisdr_bwd_cpu(const at::Tensor& grad_loss,
   }
 
   at::Tensor out = at::empty_like(est, at::MemoryFormat::Contiguous);
-  const FusedKernels& k = fused_kernels();
+  const Kernels& k = kernels();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, est.scalar_type(), "ugr_fused_bwd", [&] {
     backward_kernel<scalar_t>(k, est.const_data_ptr<scalar_t>(), ref.const_data_ptr<scalar_t>(),
                               pp, scale_a.data(), scale_c.data(), cf, batch, c, length,

@@ -1,6 +1,6 @@
 // Per-tile kernel of the fused CPU backward (ugr_fused_cpu.cpp). No include guard
-// on purpose: like ugr_cpu_kernels.h it is included twice, once per ISA copy
-// (namespace UGR_NS), after ugr_cpu_kernels.h.
+// on purpose: ugr_cpu.cpp includes it twice, once per ISA copy (namespace UGR_NS),
+// after ugr_cpu_kernels.h, and puts it in the shared table (ugr_cpu_dispatch.h).
 
 namespace {  // internal linkage
 namespace UGR_NS {
