@@ -78,6 +78,8 @@ using ugr::cpu::grain_items;
 using ugr::cpu::is_16bit;
 using ugr::cpu::is_float_dtype;
 using ugr::cpu::Kernels;
+using ugr::cpu::Layout;
+using ugr::cpu::merged_stats;
 using ugr::cpu::kernels;
 using ugr::cpu::narrow_tile;
 using ugr::cpu::num_tiles;
@@ -119,94 +121,17 @@ const Kernels* best_kernels() {
 
 std::atomic<const Kernels*> g_kernels{nullptr};
 
-// Partial record of one (example, tile): tile means, then centred sums.
-struct Layout {
-  int64_t cx, cy;
-  int64_t mx() const { return 0; }
-  int64_t my() const { return cx; }
-  int64_t xy() const { return cx + cy; }
-  int64_t xx() const { return cx + cy + cx * cy; }
-  int64_t yy() const { return 2 * cx + cy + cx * cy; }
-  int64_t size() const { return 2 * (cx + cy) + cx * cy; }
-};
-
 template <typename T>
 void stats_kernel(const T* x, const T* y, int64_t batch, int64_t cx, int64_t cy, int64_t length,
                   bool zero_mean, double* out_mx, double* out_my, double* out_sxy,
                   double* out_sxx, double* out_syy) {
-  const Kernels& k = kernels();
   const Layout L{cx, cy};
-  const int64_t tiles = num_tiles(length);
-  const int64_t items = batch * tiles;
-  std::vector<double> partials(static_cast<size_t>(items * L.size()));
-
-  at::parallel_for(0, items, grain_items(cx + cy), [&](int64_t begin, int64_t end) {
-    using W = std::conditional_t<is_16bit<T>, float, T>;  // what the kernels read
-    std::vector<float> wide(is_16bit<T> ? static_cast<size_t>((cx + cy) * kCpuTile) : 0);
-    std::vector<const W*> xs(static_cast<size_t>(cx)), ys(static_cast<size_t>(cy));
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t b = item / tiles;
-      const int64_t start = (item % tiles) * kCpuTile;
-      const int64_t n = std::min(kCpuTile, length - start);
-      for (int64_t i = 0; i < cx; ++i) {
-        const T* src = x + (b * cx + i) * length + start;
-        if constexpr (is_16bit<T>) {
-          float* dst = wide.data() + i * kCpuTile;
-          widen_tile(k, src, dst, n);
-          xs[i] = dst;
-        } else {
-          xs[i] = src;
-        }
-      }
-      for (int64_t j = 0; j < cy; ++j) {
-        const T* src = y + (b * cy + j) * length + start;
-        if constexpr (is_16bit<T>) {
-          float* dst = wide.data() + (cx + j) * kCpuTile;
-          widen_tile(k, src, dst, n);
-          ys[j] = dst;
-        } else {
-          ys[j] = src;
-        }
-      }
-      double* rec = partials.data() + item * L.size();
-      if constexpr (std::is_same_v<W, double>) {
-        k.stats_d(xs.data(), ys.data(), cx, cy, n, rec);
-      } else {
-        k.stats_f(xs.data(), ys.data(), cx, cy, n, rec);
-      }
-    }
-  });
-
-  // Chan et al.'s pairwise update, tile by tile in order (deterministic):
-  // C_ab = C_a + C_b + (m_b - m_a)(m'_b - m'_a) n_a n_b / (n_a + n_b).
-  std::vector<double> acc(static_cast<size_t>(L.size())), dmx(cx), dmy(cy);
+  std::vector<double> merged;
+  merged_stats<T>(kernels(), batch, cx, cy, length, [&](int64_t b, int64_t r) {
+    return r < cx ? x + (b * cx + r) * length : y + (b * cy + (r - cx)) * length;
+  }, merged);
   for (int64_t b = 0; b < batch; ++b) {
-    double n_acc = 0.0;
-    for (int64_t t = 0; t < tiles; ++t) {
-      const double* rec = partials.data() + (b * tiles + t) * L.size();
-      const double n_tile = static_cast<double>(std::min(kCpuTile, length - t * kCpuTile));
-      if (t == 0) {
-        std::copy(rec, rec + L.size(), acc.begin());
-        n_acc = n_tile;
-        continue;
-      }
-      const double n_new = n_acc + n_tile;
-      const double f = n_acc * n_tile / n_new;
-      const double w = n_tile / n_new;
-      for (int64_t i = 0; i < cx; ++i) dmx[i] = rec[L.mx() + i] - acc[L.mx() + i];
-      for (int64_t j = 0; j < cy; ++j) dmy[j] = rec[L.my() + j] - acc[L.my() + j];
-      for (int64_t i = 0; i < cx; ++i) {
-        for (int64_t j = 0; j < cy; ++j)
-          acc[L.xy() + i * cy + j] += rec[L.xy() + i * cy + j] + dmx[i] * dmy[j] * f;
-        acc[L.xx() + i] += rec[L.xx() + i] + dmx[i] * dmx[i] * f;
-        acc[L.mx() + i] += dmx[i] * w;
-      }
-      for (int64_t j = 0; j < cy; ++j) {
-        acc[L.yy() + j] += rec[L.yy() + j] + dmy[j] * dmy[j] * f;
-        acc[L.my() + j] += dmy[j] * w;
-      }
-      n_acc = n_new;
-    }
+    const double* acc = merged.data() + b * L.size();
     // Raw sums (zero_mean false) from the centred ones: S = C + n m m'.
     const double n_all = static_cast<double>(length);
     for (int64_t i = 0; i < cx; ++i) {

@@ -59,6 +59,8 @@ using ugr::cpu::grain_items;
 using ugr::cpu::is_16bit;
 using ugr::cpu::is_float_dtype;
 using ugr::cpu::Kernels;
+using ugr::cpu::Layout;
+using ugr::cpu::merged_stats;
 using ugr::cpu::kernels;
 using ugr::cpu::narrow_tile;
 using ugr::cpu::num_tiles;
@@ -67,96 +69,6 @@ using ugr::cpu::widen_tile;
 constexpr int64_t kCoefWidth = 10;
 constexpr int64_t kMaxPitSources = 6;
 constexpr double kDbPerNeper = 4.342944819032518;  // 10 / ln(10)
-
-// Statistics record of one tile or one example, as tile_stats writes it: means
-// mx[cx], my[cy], then sums centred on them: sxy[cx * cy], sxx[cx], syy[cy].
-struct Layout {
-  int64_t cx, cy;
-  int64_t mx() const { return 0; }
-  int64_t my() const { return cx; }
-  int64_t xy() const { return cx + cy; }
-  int64_t xx() const { return cx + cy + cx * cy; }
-  int64_t yy() const { return 2 * cx + cy + cx * cy; }
-  int64_t size() const { return 2 * (cx + cy) + cx * cy; }
-};
-
-// The tile pass and the in-order merge: out holds one merged (centred) record
-// per example. Rows x: the C estimates, then the mixture when given.
-template <typename T>
-void merged_stats(const Kernels& k, const T* est, const T* ref, const T* mix,
-                  int64_t batch, int64_t c, int64_t length, std::vector<double>& out) {
-  const int64_t cx = c + (mix != nullptr ? 1 : 0), cy = c;
-  const Layout L{cx, cy};
-  const int64_t tiles = num_tiles(length);
-  const int64_t items = batch * tiles;
-  std::vector<double> partials(static_cast<size_t>(items * L.size()));
-
-  at::parallel_for(0, items, grain_items(cx + cy), [&](int64_t begin, int64_t end) {
-    using W = std::conditional_t<is_16bit<T>, float, T>;
-    std::vector<float> wide(is_16bit<T> ? static_cast<size_t>((cx + cy) * kCpuTile) : 0);
-    std::vector<const W*> xs(static_cast<size_t>(cx)), ys(static_cast<size_t>(cy));
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t b = item / tiles;
-      const int64_t start = (item % tiles) * kCpuTile;
-      const int64_t n = std::min(kCpuTile, length - start);
-      for (int64_t r = 0; r < cx + cy; ++r) {
-        const T* src = r < c ? est + (b * c + r) * length + start
-                     : r < cx ? mix + b * length + start
-                              : ref + (b * c + (r - cx)) * length + start;
-        const W* row;
-        if constexpr (is_16bit<T>) {
-          float* dst = wide.data() + r * kCpuTile;
-          widen_tile(k, src, dst, n);
-          row = dst;
-        } else {
-          row = src;
-        }
-        if (r < cx) {
-          xs[r] = row;
-        } else {
-          ys[r - cx] = row;
-        }
-      }
-      double* rec = partials.data() + item * L.size();
-      if constexpr (std::is_same_v<W, double>) {
-        k.stats_d(xs.data(), ys.data(), cx, cy, n, rec);
-      } else {
-        k.stats_f(xs.data(), ys.data(), cx, cy, n, rec);
-      }
-    }
-  });
-
-  // Chan et al.'s pairwise update, tile by tile in order (deterministic):
-  // C_ab = C_a + C_b + (m_b - m_a)(m'_b - m'_a) n_a n_b / (n_a + n_b).
-  out.assign(static_cast<size_t>(batch * L.size()), 0.0);
-  std::vector<double> dmx(cx), dmy(cy);
-  for (int64_t b = 0; b < batch; ++b) {
-    double* acc = out.data() + b * L.size();
-    const double* first = partials.data() + b * tiles * L.size();
-    std::copy(first, first + L.size(), acc);
-    double n_acc = static_cast<double>(std::min(kCpuTile, length));
-    for (int64_t t = 1; t < tiles; ++t) {
-      const double* rec = partials.data() + (b * tiles + t) * L.size();
-      const double n_tile = static_cast<double>(std::min(kCpuTile, length - t * kCpuTile));
-      const double n_new = n_acc + n_tile;
-      const double f = n_acc * n_tile / n_new;
-      const double w = n_tile / n_new;
-      for (int64_t i = 0; i < cx; ++i) dmx[i] = rec[L.mx() + i] - acc[L.mx() + i];
-      for (int64_t j = 0; j < cy; ++j) dmy[j] = rec[L.my() + j] - acc[L.my() + j];
-      for (int64_t i = 0; i < cx; ++i) {
-        for (int64_t j = 0; j < cy; ++j)
-          acc[L.xy() + i * cy + j] += rec[L.xy() + i * cy + j] + dmx[i] * dmy[j] * f;
-        acc[L.xx() + i] += rec[L.xx() + i] + dmx[i] * dmx[i] * f;
-        acc[L.mx() + i] += dmx[i] * w;
-      }
-      for (int64_t j = 0; j < cy; ++j) {
-        acc[L.yy() + j] += rec[L.yy() + j] + dmy[j] * dmy[j] * f;
-        acc[L.my() + j] += dmy[j] * w;
-      }
-      n_acc = n_new;
-    }
-  }
-}
 
 // SI-SDR of one (x, y) pair from its sums, without forming sxx * syy (which
 // under/overflows across the float64 range):
@@ -431,9 +343,16 @@ FwdResult weighted_sisdr_fwd_cpu(const at::Tensor& est_in, const at::Tensor& ref
   const Kernels& k = kernels();
   std::vector<double> merged;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, est.scalar_type(), "ugr_fused_fwd", [&] {
-    merged_stats<scalar_t>(k, est.const_data_ptr<scalar_t>(), ref.const_data_ptr<scalar_t>(),
-                           mix.defined() ? mix.const_data_ptr<scalar_t>() : nullptr, batch, c,
-                           length, merged);
+    // Rows: the C estimates, the mixture (one more "estimate") when given, the C refs.
+    const scalar_t* e = est.const_data_ptr<scalar_t>();
+    const scalar_t* r = ref.const_data_ptr<scalar_t>();
+    const scalar_t* m = mix.defined() ? mix.const_data_ptr<scalar_t>() : nullptr;
+    const int64_t cx = c + (m != nullptr ? 1 : 0);
+    merged_stats<scalar_t>(k, batch, cx, c, length, [&](int64_t b, int64_t row) {
+      return row < c ? e + (b * c + row) * length
+           : row < cx ? m + b * length
+                      : r + (b * c + (row - cx)) * length;
+    }, merged);
   });
   TORCH_CHECK_VALUE(!std::isnan(clamp_db) && std::isfinite(eps) && eps >= 0.0, fn,
                     ": expected eps >= 0 finite and clamp_db not NaN, got eps=", eps,
