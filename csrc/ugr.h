@@ -24,6 +24,10 @@
 using UgrStats = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 namespace ugr {
+inline bool is_float_dtype(at::ScalarType s) {
+  return s == at::kHalf || s == at::kBFloat16 || s == at::kFloat || s == at::kDouble;
+}
+
 // Samples per work item of the CPU passes (bound as tile_size() for tests of tile edges).
 constexpr int64_t kCpuTile = 2048;
 }  // namespace ugr

@@ -76,7 +76,7 @@ using ugr::kCpuTile;
 
 using ugr::cpu::grain_items;
 using ugr::cpu::is_16bit;
-using ugr::cpu::is_float_dtype;
+using ugr::is_float_dtype;
 using ugr::cpu::Kernels;
 using ugr::cpu::Layout;
 using ugr::cpu::merged_stats;

@@ -76,10 +76,6 @@ void narrow_tile(const Kernels& k, const float* src, T* dst, int64_t n) {
   }
 }
 
-inline bool is_float_dtype(at::ScalarType s) {
-  return s == at::kHalf || s == at::kBFloat16 || s == at::kFloat || s == at::kDouble;
-}
-
 // Statistics record of one tile or one example, as tile_stats writes it: means
 // mx[cx], my[cy], then sums centred on them: sxy[cx * cy], sxx[cx], syy[cy].
 struct Layout {

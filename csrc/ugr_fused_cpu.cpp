@@ -34,6 +34,7 @@
 // d est[b, k, t] = s_j a (ref[b, j, t] - my_j) + s_j c (est[b, k, t] - mx_k).
 #include "ugr.h"
 #include "ugr_cpu_dispatch.h"
+#include "ugr_fused_inputs.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -57,7 +58,6 @@ using ugr::kCpuTile;
 
 using ugr::cpu::grain_items;
 using ugr::cpu::is_16bit;
-using ugr::cpu::is_float_dtype;
 using ugr::cpu::Kernels;
 using ugr::cpu::Layout;
 using ugr::cpu::merged_stats;
@@ -258,31 +258,6 @@ void epilogue(const FwdArgs& A, const std::vector<double>& merged, const FwdOut&
     }
 }
 
-void check_signals(const at::Tensor& est, const at::Tensor& ref, const char* fn) {
-  for (const auto* t : {&est, &ref}) {
-    const char* name = t == &est ? "est" : "ref";
-    TORCH_CHECK(t->device().is_cpu(), fn, ": expected ", name, " on the CPU, got ", t->device());
-    TORCH_CHECK(t->dim() == 3, fn, ": expected ", name, " of shape (batch, sources, time), got ",
-                t->sizes());
-    TORCH_CHECK(is_float_dtype(t->scalar_type()), fn, ": expected ", name,
-                " to be float16, bfloat16, float32 or float64, got ", t->scalar_type());
-  }
-  TORCH_CHECK(est.sizes() == ref.sizes(), fn, ": expected est and ref of the same shape, got ",
-              est.sizes(), " and ", ref.sizes());
-  TORCH_CHECK(est.scalar_type() == ref.scalar_type(), fn,
-              ": expected est and ref of the same dtype, got ", est.scalar_type(), " and ",
-              ref.scalar_type());
-}
-
-// An item-shaped optional input ((B, C) or (B,)) as a contiguous tensor of dtype.
-at::Tensor item_input(const std::optional<at::Tensor>& t, at::IntArrayRef shape,
-                      at::ScalarType dtype, const char* fn, const char* name) {
-  if (!t.has_value() || !t->defined()) return at::Tensor();
-  TORCH_CHECK_VALUE(t->sizes() == shape, fn, ": expected ", name, " of shape ", shape, ", got ",
-                    t->sizes());
-  return t->to(at::kCPU, dtype).contiguous();
-}
-
 using FwdResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
                              at::Tensor, at::Tensor>;
 
@@ -293,35 +268,16 @@ FwdResult weighted_sisdr_fwd_cpu(const at::Tensor& est_in, const at::Tensor& ref
                                  const std::optional<at::Tensor>& mask_in, bool by_source,
                                  bool pit, bool zero_mean, double eps, double clamp_db) {
   constexpr const char* fn = "ugr::weighted_sisdr_fwd";
-  check_signals(est_in, ref_in, fn);
-  const at::Tensor est = est_in.contiguous();
-  const at::Tensor ref = ref_in.contiguous();
-  const int64_t batch = est.size(0), c = est.size(1), length = est.size(2);
-  TORCH_CHECK(batch > 0 && c > 0 && length > 0, fn, ": expected non-empty est, got shape ",
-              est.sizes());
-  TORCH_CHECK_VALUE(!pit || c <= kMaxPitSources, fn, ": exhaustive PIT handles C <= ",
-                    kMaxPitSources, " sources, got C=", c);
-  at::Tensor mix;
-  if (mixture_in.has_value() && mixture_in->defined()) {
-    const at::Tensor& m = *mixture_in;
-    TORCH_CHECK(m.device().is_cpu(), fn, ": expected mixture on the CPU, got ", m.device());
-    TORCH_CHECK(m.scalar_type() == est.scalar_type(), fn, ": expected mixture of dtype ",
-                est.scalar_type(), ", got ", m.scalar_type());
-    const bool ok2 = m.dim() == 2 && m.size(0) == batch && m.size(1) == length;
-    const bool ok3 = m.dim() == 3 && m.size(0) == batch && m.size(1) == 1 && m.size(2) == length;
-    TORCH_CHECK(ok2 || ok3, fn, ": expected mixture of shape (", batch, ", ", length,
-                ") or (", batch, ", 1, ", length, "), got ", m.sizes());
-    mix = m.contiguous();
-  }
-  TORCH_CHECK(alpha_in.numel() == 1 && is_float_dtype(alpha_in.scalar_type()), fn,
-              ": expected alpha as a 0-d float tensor, got shape ", alpha_in.sizes(), " of ",
-              alpha_in.scalar_type());
+  const ugr::fused::ForwardInputs in = ugr::fused::forward_inputs(
+      est_in, ref_in, mixture_in, alpha_in, bias_in, mask_in, by_source, pit, eps, clamp_db,
+      kMaxPitSources, fn);
+  const at::Tensor &est = in.est, &ref = in.ref, &mix = in.mix;
+  const int64_t batch = in.batch, c = in.c, length = in.length;
+  const std::vector<int64_t>& item_shape = in.item_shape;
+  const at::Tensor bias = in.bias.defined() ? in.bias.contiguous() : in.bias;
+  const at::Tensor mask = in.mask.defined() ? in.mask.contiguous() : in.mask;
   const double alpha = alpha_in.to(at::kCPU, at::kDouble).item<double>();
   TORCH_CHECK_VALUE(std::isfinite(alpha), "alpha must be finite, got ", alpha);
-  std::vector<int64_t> item_shape = by_source ? std::vector<int64_t>{batch, c}
-                                              : std::vector<int64_t>{batch};
-  const at::Tensor bias = item_input(bias_in, item_shape, at::kDouble, fn, "bias");
-  const at::Tensor mask = item_input(mask_in, item_shape, at::kBool, fn, "mask");
   if (bias.defined()) {
     const double* bp = bias.const_data_ptr<double>();
     for (int64_t i = 0; i < bias.numel(); ++i)
@@ -354,9 +310,6 @@ FwdResult weighted_sisdr_fwd_cpu(const at::Tensor& est_in, const at::Tensor& ref
                       : r + (b * c + (row - cx)) * length;
     }, merged);
   });
-  TORCH_CHECK_VALUE(!std::isnan(clamp_db) && std::isfinite(eps) && eps >= 0.0, fn,
-                    ": expected eps >= 0 finite and clamp_db not NaN, got eps=", eps,
-                    ", clamp_db=", clamp_db);
   // clamp_db = +inf: no clamp (tau = 0).
   const double tau = std::pow(10.0, -clamp_db / 10.0);
   FwdArgs args{batch, c, length, mix.defined(), by_source, pit, zero_mean, eps, tau,
@@ -426,7 +379,7 @@ at::Tensor weighted_sisdr_bwd_cpu(const at::Tensor& grad_loss,
                                   const at::Tensor& est_in, const at::Tensor& ref_in,
                                   const at::Tensor& perm_in, const at::Tensor& coef_in) {
   constexpr const char* fn = "ugr::weighted_sisdr_bwd";
-  check_signals(est_in, ref_in, fn);
+  ugr::fused::check_signals(est_in, ref_in, fn);
   const at::Tensor est = est_in.contiguous();
   const at::Tensor ref = ref_in.contiguous();
   const int64_t batch = est.size(0), c = est.size(1), length = est.size(2);

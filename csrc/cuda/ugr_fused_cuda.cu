@@ -30,6 +30,7 @@
 #include <torch/library.h>
 
 #include "ugr_fused_cuda_kernels.cuh"
+#include "ugr_fused_inputs.h"
 
 namespace {
 
@@ -62,38 +63,10 @@ int64_t pick_tile(int64_t batch, int64_t length, int device) {
   return chosen;
 }
 
-bool is_float_dtype(at::ScalarType s) {
-  return s == at::kHalf || s == at::kBFloat16 || s == at::kFloat || s == at::kDouble;
-}
-
-void check_signals(const at::Tensor& est, const at::Tensor& ref, const char* fn) {
-  for (const auto* t : {&est, &ref}) {
-    const char* name = t == &est ? "est" : "ref";
-    TORCH_CHECK(t->is_cuda(), fn, ": expected ", name, " on a CUDA device, got ", t->device());
-    TORCH_CHECK(t->dim() == 3, fn, ": expected ", name, " of shape (batch, sources, time), got ",
-                t->sizes());
-    TORCH_CHECK(is_float_dtype(t->scalar_type()), fn, ": expected ", name,
-                " to be float16, bfloat16, float32 or float64, got ", t->scalar_type());
-  }
-  TORCH_CHECK(est.device() == ref.device(), fn, ": expected est and ref on one device, got ",
-              est.device(), " and ", ref.device());
-  TORCH_CHECK(est.sizes() == ref.sizes(), fn, ": expected est and ref of the same shape, got ",
-              est.sizes(), " and ", ref.sizes());
-  TORCH_CHECK(est.scalar_type() == ref.scalar_type(), fn,
-              ": expected est and ref of the same dtype, got ", est.scalar_type(), " and ",
-              ref.scalar_type());
+// A grid/block bound of the tile kernels: at most 2^20 sources.
+void check_sources(const at::Tensor& est, const char* fn) {
+  TORCH_CHECK(est.is_cuda(), fn, ": expected est on a CUDA device, got ", est.device());
   TORCH_CHECK(est.size(1) <= 1 << 20, fn, ": too many sources (", est.size(1), ")");
-}
-
-// An item-shaped optional input on est's device, of dtype; any strides (passed on).
-at::Tensor item_input(const std::optional<at::Tensor>& t, at::IntArrayRef shape,
-                      at::ScalarType dtype, const at::Device& device, const char* fn,
-                      const char* name) {
-  if (!t.has_value() || !t->defined()) return at::Tensor();
-  TORCH_CHECK_VALUE(t->sizes() == shape, fn, ": expected ", name, " of shape ", shape, ", got ",
-                    t->sizes());
-  if (t->scalar_type() == dtype && t->device() == device) return *t;
-  return t->to(device, dtype);
 }
 
 int64_t stride_or_zero(const at::Tensor& t, int64_t dim) {
@@ -140,42 +113,18 @@ FwdResult weighted_sisdr_fwd_cuda(const at::Tensor& est_in, const at::Tensor& re
                                   const std::optional<at::Tensor>& mask_in, bool by_source,
                                   bool pit, bool zero_mean, double eps, double clamp_db) {
   constexpr const char* fn = "ugr::weighted_sisdr_fwd";
-  check_signals(est_in, ref_in, fn);
   const c10::cuda::CUDAGuard device_guard(est_in.device());
-  const at::Device device = est_in.device();
-  const at::Tensor est = est_in.contiguous();
-  const at::Tensor ref = ref_in.contiguous();
-  const int64_t batch = est.size(0), c64 = est.size(1), length = est.size(2);
-  TORCH_CHECK(batch > 0 && c64 > 0 && length > 0, fn, ": expected non-empty est, got shape ",
-              est.sizes());
-  TORCH_CHECK_VALUE(!pit || c64 <= K::kMaxPitSources, fn, ": exhaustive PIT handles C <= ",
-                    K::kMaxPitSources, " sources, got C=", c64);
-  TORCH_CHECK_VALUE(!std::isnan(clamp_db) && std::isfinite(eps) && eps >= 0.0, fn,
-                    ": expected eps >= 0 finite and clamp_db not NaN, got eps=", eps,
-                    ", clamp_db=", clamp_db);
-  at::Tensor mix;
-  if (mixture_in.has_value() && mixture_in->defined()) {
-    const at::Tensor& m = *mixture_in;
-    TORCH_CHECK(m.device() == device, fn, ": expected mixture on ", device, ", got ",
-                m.device());
-    TORCH_CHECK(m.scalar_type() == est.scalar_type(), fn, ": expected mixture of dtype ",
-                est.scalar_type(), ", got ", m.scalar_type());
-    const bool ok2 = m.dim() == 2 && m.size(0) == batch && m.size(1) == length;
-    const bool ok3 = m.dim() == 3 && m.size(0) == batch && m.size(1) == 1 && m.size(2) == length;
-    TORCH_CHECK(ok2 || ok3, fn, ": expected mixture of shape (", batch, ", ", length,
-                ") or (", batch, ", 1, ", length, "), got ", m.sizes());
-    mix = m.contiguous();
-  }
-  TORCH_CHECK(alpha_in.numel() == 1 && is_float_dtype(alpha_in.scalar_type()), fn,
-              ": expected alpha as a 0-d float tensor, got shape ", alpha_in.sizes(), " of ",
-              alpha_in.scalar_type());
+  const ugr::fused::ForwardInputs in = ugr::fused::forward_inputs(
+      est_in, ref_in, mixture_in, alpha_in, bias_in, mask_in, by_source, pit, eps, clamp_db,
+      K::kMaxPitSources, fn);
+  check_sources(in.est, fn);
+  const at::Device device = in.est.device();
+  const at::Tensor &est = in.est, &ref = in.ref, &mix = in.mix, &bias = in.bias, &mask = in.mask;
+  const int64_t batch = in.batch, c64 = in.c, length = in.length;
+  const std::vector<int64_t>& item_shape = in.item_shape;
   // Read by the epilogue on the device (no sync); a no-op for the 0-d float64 device
   // tensor fused.py passes.
   const at::Tensor alpha = alpha_in.to(device, at::kDouble).reshape({});
-  std::vector<int64_t> item_shape = by_source ? std::vector<int64_t>{batch, c64}
-                                              : std::vector<int64_t>{batch};
-  const at::Tensor bias = item_input(bias_in, item_shape, at::kDouble, device, fn, "bias");
-  const at::Tensor mask = item_input(mask_in, item_shape, at::kBool, device, fn, "mask");
 
   const int c = static_cast<int>(c64);
   const int cx = c + (mix.defined() ? 1 : 0);
@@ -276,7 +225,8 @@ at::Tensor weighted_sisdr_bwd_cuda(const at::Tensor& grad_loss_in,
                                    const at::Tensor& est_in, const at::Tensor& ref_in,
                                    const at::Tensor& perm_in, const at::Tensor& coef_in) {
   constexpr const char* fn = "ugr::weighted_sisdr_bwd";
-  check_signals(est_in, ref_in, fn);
+  ugr::fused::check_signals(est_in, ref_in, fn);
+  check_sources(est_in, fn);
   const c10::cuda::CUDAGuard device_guard(est_in.device());
   const at::Device device = est_in.device();
   const at::Tensor est = est_in.contiguous();
@@ -290,7 +240,7 @@ at::Tensor weighted_sisdr_bwd_cuda(const at::Tensor& grad_loss_in,
                   coef_in.scalar_type() == at::kDouble,
               fn, ": expected coef float64 of shape (", batch, ", ", c64, ", ", K::kCoefWidth,
               "), got ", coef_in.scalar_type(), " ", coef_in.sizes());
-  TORCH_CHECK(grad_loss_in.numel() == 1 && is_float_dtype(grad_loss_in.scalar_type()), fn,
+  TORCH_CHECK(grad_loss_in.numel() == 1 && ugr::is_float_dtype(grad_loss_in.scalar_type()), fn,
               ": expected a scalar float grad_loss, got shape ", grad_loss_in.sizes(), " of ",
               grad_loss_in.scalar_type());
   const at::Tensor perm = perm_in.to(device).contiguous();
