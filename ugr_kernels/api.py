@@ -302,20 +302,6 @@ def _identity_perm(batch: int, n_src: int, device) -> Tensor:
     return torch.arange(n_src, device=device).expand(batch, n_src).contiguous()
 
 
-def _score(loss: Tensor, alpha, bias, score_fn) -> Tensor:
-    score = loss * alpha if not (isinstance(alpha, (int, float)) and alpha == 0) \
-        else torch.zeros_like(loss)
-    if bias is not None:
-        score = score + bias.to(device=loss.device, dtype=loss.dtype).expand_as(loss)
-    if score_fn is not None:
-        score = score + score_fn(loss).to(device=loss.device, dtype=loss.dtype).expand_as(loss)
-    return score
-
-
-def _non_finite(name: str) -> ValueError:
-    return ValueError(f"{name} contains NaN or inf values")
-
-
 def _stats_finite(mean: Tensor, energy: Tensor) -> Tensor:
     """A NaN/inf anywhere in a signal makes its mean and energy non-finite."""
     return torch.isfinite(mean).all() & torch.isfinite(energy).all()

@@ -261,7 +261,7 @@ def _raise_if_non_finite(flags: Tensor, alpha: Tensor, bias: Optional[Tensor]) -
 
 def _group_loss(sisdr, sisdri, valid, by_source, alpha, bias, group):
     """The pmf over all ranks of ``group`` and the loss (times the world size)."""
-    from .pmf import softmax_pmf, world_size
+    from .pmf import weighted_item_loss
 
     item_loss = -(sisdri if sisdri is not None else sisdr).double()
     item_valid = valid
@@ -269,11 +269,8 @@ def _group_loss(sisdr, sisdri, valid, by_source, alpha, bias, group):
         count = valid.sum(1)         # valid is False for a whole example masked by the user
         item_loss = item_loss.sum(1) / count.clamp(min=1)
         item_valid = count > 0
-    score = item_loss.detach() * alpha
-    if bias is not None:
-        score = score + bias
-    weights = softmax_pmf(score, item_valid, group)
-    loss = (weights * item_loss).sum() * world_size(group)
+    loss, weights, _ = weighted_item_loss(item_loss, item_valid, alpha=alpha, bias=bias,
+                                          process_group=group)
     return loss.to(sisdr.dtype), weights.to(sisdr.dtype)
 
 
