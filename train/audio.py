@@ -59,6 +59,20 @@ def int16_to_float32(x: np.ndarray) -> np.ndarray:
     return x.astype(np.float32) * np.float32(INT16_SCALE)
 
 
+def audio_info(path: Path):
+    """The soundfile header of ``path``; :class:`AudioFileError` naming the file when it is
+    missing, not a regular file, or not readable audio."""
+    path = Path(path)
+    if not path.exists():
+        raise AudioFileError(path, "file not found")
+    if not path.is_file():
+        raise AudioFileError(path, "not a regular file")
+    try:
+        return sf.info(str(path))
+    except Exception as e:  # libsndfile raises various types for bad headers
+        raise AudioFileError(path, f"unreadable or corrupt audio file ({e})") from None
+
+
 def read_audio(
     path: PathLike,
     expected_sr: int | None = SAMPLE_RATE,
@@ -91,15 +105,7 @@ def read_audio(
     path = Path(path)
     if dtype not in ("float32", "int16", "auto"):
         raise ValueError(f"dtype must be 'float32', 'int16' or 'auto', got {dtype!r}")
-    if not path.exists():
-        raise AudioFileError(path, "file not found")
-    if not path.is_file():
-        raise AudioFileError(path, "not a regular file")
-
-    try:
-        info = sf.info(str(path))
-    except Exception as e:  # libsndfile raises various types for bad headers
-        raise AudioFileError(path, f"unreadable or corrupt audio file ({e})") from e
+    info = audio_info(path)
 
     if expected_sr is not None and info.samplerate != expected_sr:
         raise SampleRateError(

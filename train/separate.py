@@ -26,7 +26,7 @@ from torch import Tensor
 
 from ugr_kernels import pit_best_perm
 
-from .audio import AudioFileError
+from .audio import AudioFileError, audio_info
 from .evaluate import load_trained
 from .mixing import SAMPLE_RATE
 
@@ -121,14 +121,7 @@ def separate_waveform(model: Callable[[Tensor], Tensor], mixture: Tensor, chunk:
 # --------------------------------------------------------------------------- files
 def check_input(path: Path):
     """Header checks before any work: readable, not empty, not too short."""
-    if not path.exists():
-        raise AudioFileError(path, "file not found")
-    if not path.is_file():
-        raise AudioFileError(path, "not a regular file")
-    try:
-        info = sf.info(str(path))
-    except Exception as exc:  # libsndfile raises several types for a bad header
-        raise AudioFileError(path, f"unreadable audio file ({exc})") from None
+    info = audio_info(path)
     if info.frames == 0:
         raise AudioFileError(path, "contains no samples (empty audio)")
     _check_duration(path, info.frames, info.samplerate)
