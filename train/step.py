@@ -122,11 +122,11 @@ class TrainStep:
         self.optimizer.zero_grad(set_to_none=True)
         loss, sisdri, mask, finite = self.compute(mix, ref, bias, self.alpha)
         loss.backward()
-        grads = [p.grad for p in self.params if p.grad is not None]
         if self.config.clip_grad > 0:
             norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.clip_grad)
         else:
-            norm = torch.nn.utils.get_total_norm(grads)
+            norm = torch.nn.utils.get_total_norm([p.grad for p in self.params
+                                                  if p.grad is not None])
         # DDP made the gradients (so the norm) equal on all ranks; the loss and
         # output flags are per rank, hence the one control all-reduce.
         ok = D.agree_ok(finite & torch.isfinite(norm), self.dist)
