@@ -6,7 +6,7 @@
 Rows:
   exhaustive     ugr_kernels.pit_best_perm's exhaustive search over the C! permutations
                  (forced for C = 7, 8 by raising MAX_PIT_SOURCES for the run)
-  solver         ugr_kernels.assignment.best_assignment, the batched on-device Hungarian
+  solver         ugr_kernels.pit.best_assignment, the batched on-device Hungarian
   host-hungarian what torchmetrics / asteroid-style PIT does for many sources: copy to the
                  host (``.cpu()``, a device sync on a GPU), scipy linear_sum_assignment per
                  example, copy the permutation back
@@ -15,8 +15,8 @@ C = 2..8: exhaustive vs solver (the crossover). C = 8, 12, 16: solver vs host Hu
 import pytest
 import torch
 
-from ugr_kernels import api
-from ugr_kernels.assignment import best_assignment
+from ugr_kernels import pit
+from ugr_kernels.pit import best_assignment
 
 BATCH = 16
 
@@ -90,8 +90,8 @@ def _run(benchmark, impl, c, fn, rounds, device="cpu"):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("c", range(2, 9))
 def test_exhaustive(benchmark, monkeypatch, c, device):
-    monkeypatch.setattr(api, "MAX_PIT_SOURCES", 8)
-    _run(benchmark, "exhaustive", c, api.pit_best_perm, 15 if c < 8 else 7, device)
+    monkeypatch.setattr(pit, "MAX_PIT_SOURCES", 8)
+    _run(benchmark, "exhaustive", c, pit.pit_best_perm, 15 if c < 8 else 7, device)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -11,8 +11,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import ugr_kernels as uk
 from ugr_kernels import backends
-from ugr_kernels.api import MAX_PIT_SOURCES, pit_best_perm
-from ugr_kernels.assignment import best_assignment
+from ugr_kernels.pit import MAX_PIT_SOURCES, best_assignment, pit_best_perm
 
 scipy_optimize = pytest.importorskip("scipy.optimize")
 
@@ -186,10 +185,10 @@ def test_torch_compile_fullgraph(monkeypatch):
     # which covers the dispatch and the solver. C is kept small because the loop unrolls
     # into C (C + 1) / 2 steps and compile time grows with it (about 20 s for C = 3 and
     # 70 s for C = 8 on the 2-core CPU).
-    from ugr_kernels import api
-    monkeypatch.setattr(api, "MAX_PIT_SOURCES", 2)
+    from ugr_kernels import pit
+    monkeypatch.setattr(pit, "MAX_PIT_SOURCES", 2)
     torch._dynamo.reset()
-    fn = torch.compile(api.pit_best_perm, fullgraph=True, dynamic=False)
+    fn = torch.compile(pit.pit_best_perm, fullgraph=True, dynamic=False)
     score = _scores("normal", 3, 3, seed=11)
     valid = torch.rand(3, 3, 3, generator=_gen(11)) > 0.2
     assert torch.equal(fn(score, valid), best_assignment(score, valid))

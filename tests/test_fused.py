@@ -453,7 +453,8 @@ def test_python_autograd_glue_for_other_backends():
     test_bwd.register_fake(fused._bwd_fake)
     fused.register_backend("test-python-glue", test_fwd, test_bwd)
     try:
-        ops = fused.FUSED_BACKENDS["test-python-glue"]
+        ops = fused.ops_for("test-python-glue", "cpu")
+        assert ops.fwd is test_fwd
         est, ref, mix = batch(3, 2, 200, seed=40)
         for gran in ("source", "example"):
             e1 = est.clone().requires_grad_(True)
@@ -469,7 +470,7 @@ def test_python_autograd_glue_for_other_backends():
             torch.testing.assert_close(g1, g2, rtol=0, atol=0)
         torch.library.opcheck(test_fwd, _fwd_args())
     finally:
-        fused.FUSED_BACKENDS.pop("test-python-glue", None)
+        backends.REGISTRY.pop("test-python-glue", None)
 
 
 def _group_worker(rank, world, port, granularity, out):

@@ -240,7 +240,7 @@ def test_cuda_graph_capture_matches_eager(backend):
 
 def _fused_cuda_ready() -> bool:
     from ugr_kernels import fused
-    return _cuda_extension_ready() and "cuda" in fused.FUSED_BACKENDS
+    return _cuda_extension_ready() and fused.has_fused_cuda()
 
 
 fused_cuda = pytest.mark.skipif(not _fused_cuda_ready(),
@@ -481,6 +481,7 @@ def test_fused_cuda_bitwise_repeatable_and_non_finite_alpha():
 def test_fused_cuda_opcheck_and_gradcheck(granularity):
     from ugr_kernels import fused
 
+    assert fused.use_cuda_kernel("extension") == "extension"   # the ops' CUDA key: csrc/cuda
     est, ref, mix = (x.nan_to_num() for x in _fused_inputs(3, 2, 301, torch.float64, seed=8,
                                                            low=-1.5))
     by_source = granularity == "source"

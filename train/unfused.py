@@ -14,8 +14,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from ugr_kernels.api import pit_best_perm
-from ugr_kernels.pmf import weighted_item_loss
+from ugr_kernels.epilogue import weighted_pit_loss
 from ugr_kernels.reference import pairwise_sisdr
 
 
@@ -34,28 +33,16 @@ def unfused_weighted_sisdr(est: Tensor, ref: Tensor, mixture: Optional[Tensor] =
     ``p = softmax(alpha L + bias)`` over valid items; est, ref (B, C, T), mixture (B, T).
 
     The pairwise SI-SDR is the textbook projection over T (``ugr_kernels.reference``)
-    in est's dtype with autograd; PIT and the pmf are the library's (small, (B, C, C)).
+    in est's dtype with autograd; PIT, granularity and the pmf are the library's torch
+    epilogue (``ugr_kernels.epilogue``, small, on (B, C, C)).
     """
     ref = ref.to(est.dtype)
     pair, pair_valid = pairwise_sisdr(est, ref, clamp_db=clamp_db)
-    perm = pit_best_perm(pair, pair_valid).unsqueeze(1)                # (B, 1, C)
-    sisdr = pair.gather(1, perm).squeeze(1)                             # (B, C)
-    valid = pair_valid.gather(1, perm).squeeze(1)
-    sisdri = None
+    base = base_valid = None
     if mixture is not None:
         with torch.no_grad():
             mix = mixture.to(est.dtype).reshape(est.shape[0], 1, -1)
-            base, base_valid = pairwise_sisdr(mix, ref)
-        valid = valid & base_valid[:, 0]
-        sisdri = torch.where(valid, sisdr - base[:, 0], torch.zeros_like(sisdr))
-    sisdr = torch.where(valid, sisdr, torch.zeros_like(sisdr))
-    item_loss = -(sisdri if sisdri is not None else sisdr)
-    item_valid = valid
-    if granularity == "example":
-        count = valid.sum(1)
-        item_loss = item_loss.sum(1) / count.clamp(min=1)
-        item_valid = count > 0
-    loss, weights, _ = weighted_item_loss(item_loss, item_valid, alpha=alpha, bias=bias,
-                                          process_group=process_group)
-    mask = valid if granularity == "source" else valid & item_valid.unsqueeze(1)
-    return UnfusedResult(loss, sisdr, sisdri, weights, mask)
+            base, base_valid = (t[:, 0] for t in pairwise_sisdr(mix, ref))
+    out = weighted_pit_loss(pair, pair_valid, base, base_valid, alpha=alpha, bias=bias,
+                            granularity=granularity, process_group=process_group)
+    return UnfusedResult(out.loss, out.sisdr, out.sisdri, out.weights, out.mask)

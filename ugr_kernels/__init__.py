@@ -10,14 +10,10 @@ from __future__ import annotations
 import warnings
 
 from . import backends
-from .api import (
-    WeightedSISDRResult,
-    permutation_table,
-    pit_best_perm,
-    sisdr_from_stats,
-    weighted_sisdr,
-)
+from .api import WeightedSISDRResult, weighted_sisdr
+from .epilogue import sisdr_from_stats
 from .loss import WeightedSISDRLoss
+from .pit import permutation_table, pit_best_perm
 from .pmf import Reweighted, reweight, softmax_pmf
 from .reference import pairwise_sisdr
 from .weighting import (

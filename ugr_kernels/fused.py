@@ -1,10 +1,11 @@
 """The fused path: the whole weighted PIT SI-SDR(i) as one op forward and one op backward.
 
-``weighted_sisdr`` (``api.py``) takes this path when the resolved backend has fused ops
-(``FUSED_BACKENDS``), ``score_fn`` is None (with a ``process_group`` the pmf is then
-formed over the ranks in torch, see ``fused_weighted_sisdr``), PIT is exhaustive
-(C <= 6 or ``pit=False``) and neither ``ref`` nor ``mixture`` needs a gradient; everything
-else goes through the two passes and the torch epilogue (the readable reference path).
+``weighted_sisdr`` (``api.py``) takes this path when the resolved backend serves the
+fused ops on the device (``backends.REGISTRY``), ``score_fn`` is None (with a
+``process_group`` the pmf is then formed over the ranks by the torch epilogue, see
+``fused_weighted_sisdr``), PIT is exhaustive (C <= 6 or ``pit=False``) and neither
+``ref`` nor ``mixture`` needs a gradient; everything else goes through the two passes
+and the torch epilogue (``epilogue.py``, the readable reference path).
 
 The ops (schemas defined here, once; kernels registered per device: the C++ CPU
 kernels by ``csrc/ugr_fused_cpu.cpp`` with ``TORCH_LIBRARY_IMPL(ugr, CPU)``, the CUDA
@@ -50,22 +51,56 @@ materialise zeros; ``grad_loss`` is always a 0-d tensor). Per (b, j), s_j = grad
 and multiplied in float64, rounded once to est's dtype; a term whose factor is exactly 0
 contributes exactly 0 (masked items get zero gradient even if they hold NaN).
 
-Autograd of these two ops is registered in C++ by the extension
-(``TORCH_LIBRARY_IMPL(ugr, Autograd)``, for every device), or here in Python when the
-extension is not built. Another backend plugs in with ``register_backend(name, fwd_op,
-bwd_op)``: either its own ops of the same signatures (e.g. ``torch.library.triton_op``;
-this module's ``register_autograd`` glue is put on them), or a device kernel registered
-on these ops (``torch.library.register_kernel("ugr::weighted_sisdr_fwd", "cuda", ...)``)
-and ``register_backend(name, WEIGHTED_SISDR_FWD, WEIGHTED_SISDR_BWD, autograd=False)``.
+One schema, a kernel per device (torchvision's pattern):
+
+- **CPU**: the extension's C++ kernels (``csrc/ugr_fused_cpu.cpp``,
+  ``TORCH_LIBRARY_IMPL(ugr, CPU)``), backend name ``"cpp"``.
+- **CUDA**: one of two implementations serves the ops' CUDA dispatch key, a
+  process-wide choice (``use_cuda_kernel``):
+
+  - ``"triton"`` (the default where triton is installed): the Triton kernels'
+    ``backends/triton/fused.py: forward / backward`` (the schemas' argument order and
+    coef layout), registered from Python with
+    ``torch.library.Library("ugr", "IMPL").impl(name, fn, "CUDA", allow_override=True)``
+    over the extension's CUDA kernels; backend name ``"triton"``.
+  - ``"extension"``: the extension's CUDA kernels (``csrc/cuda/ugr_fused_cuda.cu``,
+    ``TORCH_LIBRARY_IMPL(ugr, CUDA)``), the fallback without triton; backend name
+    ``"cuda"``. Choosing it drops the Triton registration, which uncovers them again.
+
+  A user picks with ``$UGR_CUDA_KERNEL=triton|extension`` (read when the CUDA kernel
+  is first needed, and by ``backend="auto"``), with ``use_cuda_kernel(name)``, or per
+  call with ``backend="triton"`` / ``backend="cuda"``, which switch the process-wide
+  registration when it differs (the last explicit choice wins; under
+  ``torch.compile`` the switch happens once, at trace time).
+- **Autograd** once for every device: the extension's C++ kernel
+  (``TORCH_LIBRARY_IMPL(ugr, Autograd)``), or, without the extension, this module's
+  formula (``_setup_context`` / ``_make_backward``) registered on the ops.
+- **Triton on CPU tensors** (``backend="triton"`` with ``TRITON_INTERPRET=1``, the
+  tests): the CPU key belongs to the C++ kernels, so the fused path calls the same
+  Triton ``forward`` / ``backward`` directly through ``torch.autograd.Function`` with
+  the same autograd formula. Interpreted kernels cannot be traced: under
+  ``torch.compile`` that route takes the two passes.
+
+Another backend plugs in with ``register_backend(name, fwd, bwd)``: ops of the same
+signatures (this module's autograd formula is put on them unless ``autograd=False``).
+Until the Triton module provides ``forward`` / ``backward``, it registers its own
+``ugr::triton_weighted_sisdr_*`` op pair this way (coef layout of its own, flags in
+``FusedOps.flags``); that transitional route is used in preference when present.
 """
 from __future__ import annotations
 
 import contextlib
+import importlib
 import math
+import os
 from typing import Callable, NamedTuple, Optional
 
 import torch
 from torch import Tensor
+
+from . import backends
+from .checks import alpha_tensor, item_tensor, raise_if_non_finite
+from .epilogue import weighted_items
 
 COEF_WIDTH = 10
 _COEF_FLAGS = slice(7, 10)
@@ -106,6 +141,8 @@ def _bwd_fake(grad_loss, grad_sisdr, grad_sisdri, est, ref, perm, coef):
 
 
 class FusedOps(NamedTuple):
+    """How the fused path calls a backend: ``fwd`` with the forward schema's arguments."""
+
     fwd: Callable
     bwd: Optional[Callable]
     #: coef slots of the non-finite flags of est, ref, mixture (read by check_finite).
@@ -114,7 +151,8 @@ class FusedOps(NamedTuple):
     traceable: bool = True
 
 
-FUSED_BACKENDS: dict = {}
+#: The ``ugr::weighted_sisdr_fwd/_bwd`` ops: the dispatcher picks the device's kernel.
+SCHEMA_OPS = FusedOps(WEIGHTED_SISDR_FWD, WEIGHTED_SISDR_BWD)
 # Set False (or use ``disabled()``) to force the two-pass path, e.g. to benchmark it.
 enabled = True
 
@@ -130,44 +168,20 @@ def disabled():
         enabled = before
 
 
-def register_backend(name: str, fwd: Callable, bwd: Optional[Callable], *,
-                     autograd: bool = True, flags: slice = _COEF_FLAGS,
-                     traceable: bool = True) -> None:
-    """Let backend ``name`` take the fused path with ops of the signatures above.
-
-    ``autograd=True`` registers this module's autograd formula on ``fwd`` (calling
-    ``bwd``); pass False when ``fwd`` already has it (e.g. the ops defined here, or
-    the Triton ops, which carry their own). ``flags``: where ``fwd``'s coef holds the
-    non-finite flags of est, ref and the mixture.
-    """
-    if autograd:
-        _register_autograd(fwd, bwd)
-    FUSED_BACKENDS[name] = FusedOps(fwd, bwd, flags, traceable)
+# ----------------------------------------------------------------- autograd, once
+def _setup_context(ctx, inputs, output):
+    est, ref = inputs[0], inputs[1]
+    _, _, _, weights, perm, valid, coef = output
+    ctx.save_for_backward(est, ref, perm, coef)
+    # The weights are constants in backward by design (stop-gradient).
+    ctx.mark_non_differentiable(weights, perm, valid, coef)
+    ctx.set_materialize_grads(False)
+    ctx.ref_or_mix_needs_grad = (isinstance(ref, Tensor) and ref.requires_grad) or (
+        isinstance(inputs[2], Tensor) and inputs[2].requires_grad)
 
 
-def ops_for(backend: str) -> Optional[FusedOps]:
-    """The fused ops of a resolved backend name, or None (then: the two-pass path)."""
-    if not enabled:
-        return None
-    if backend == "triton" and backend not in FUSED_BACKENDS:
-        # Imported on first use (triton is heavy); the module registers itself.
-        from .backends.triton import fused as _triton_fused  # noqa: F401
-    ops = FUSED_BACKENDS.get(backend)
-    if ops is not None and not ops.traceable and torch.compiler.is_compiling():
-        return None
-    return ops
-
-
-def _register_autograd(fwd, bwd) -> None:
-    def setup_context(ctx, inputs, output):
-        est, ref = inputs[0], inputs[1]
-        _, _, _, weights, perm, valid, coef = output
-        ctx.save_for_backward(est, ref, perm, coef)
-        # The weights are constants in backward by design (stop-gradient).
-        ctx.mark_non_differentiable(weights, perm, valid, coef)
-        ctx.set_materialize_grads(False)
-        ctx.ref_or_mix_needs_grad = (isinstance(ref, Tensor) and ref.requires_grad) or (
-            isinstance(inputs[2], Tensor) and inputs[2].requires_grad)
+def _make_backward(bwd: Callable) -> Callable:
+    """The backward formula of the forward op, calling ``bwd`` (the backward schema)."""
 
     def backward(ctx, grad_loss, grad_sisdr, grad_sisdri, *_):
         if ctx.ref_or_mix_needs_grad:
@@ -183,7 +197,28 @@ def _register_autograd(fwd, bwd) -> None:
             d_est = bwd(grad_loss, grad_sisdr, grad_sisdri, est, ref, perm, coef)
         return (d_est,) + (None,) * 10
 
-    torch.library.register_autograd(fwd, backward, setup_context=setup_context)
+    return backward
+
+
+def _register_autograd(fwd, bwd) -> None:
+    torch.library.register_autograd(fwd, _make_backward(bwd), setup_context=_setup_context)
+
+
+def register_backend(name: str, fwd: Callable, bwd: Optional[Callable], *,
+                     autograd: bool = True, flags: slice = _COEF_FLAGS,
+                     traceable: bool = True, devices: tuple = ("cpu", "cuda")) -> None:
+    """Let backend ``name`` take the fused path on ``devices`` with ops of the schemas'
+    signatures (an entry of ``backends.REGISTRY``, its two passes kept if it had any).
+
+    ``autograd=True`` registers this module's autograd formula on ``fwd`` (calling
+    ``bwd``); pass False when ``fwd`` already has it. ``flags``: where ``fwd``'s coef
+    holds the non-finite flags of est, ref and the mixture.
+    """
+    if autograd:
+        _register_autograd(fwd, bwd)
+    entry = backends.REGISTRY.get(name, backends.Backend(None))
+    backends.register(name, entry._replace(fused_on=tuple(devices),
+                                           fused_ops=FusedOps(fwd, bwd, flags, traceable)))
 
 
 def _load_extension():
@@ -191,124 +226,158 @@ def _load_extension():
     return extension()
 
 
-# The compiled extension registers these ops' autograd in C++ (the Python glue costs
-# ~100 us per forward+backward, more than the whole CPU loss at training shapes);
-# without it (a device kernel registered on these ops from Python) the glue below.
-register_backend("cpp", WEIGHTED_SISDR_FWD, WEIGHTED_SISDR_BWD,
-                 autograd=_load_extension() is None)
+# The compiled extension registers these ops' autograd in C++ for every device (the
+# Python glue costs ~100 us per forward+backward, more than the whole CPU loss at
+# training shapes); without it, the same formula in Python.
+if _load_extension() is None:
+    _register_autograd(WEIGHTED_SISDR_FWD, WEIGHTED_SISDR_BWD)
 
 
 def has_fused_cuda() -> bool:
-    """The extension registers CUDA kernels on these ops (``csrc/cuda/ugr_fused_cuda.cu``)."""
+    """The extension has CUDA kernels for these ops (``csrc/cuda/ugr_fused_cuda.cu``)."""
     ext = _load_extension()
-    return (ext is not None and getattr(ext, "has_fused_cuda", lambda: False)()
-            and torch._C._dispatch_has_kernel_for_dispatch_key(
-                "ugr::weighted_sisdr_fwd", "CUDA"))
+    return ext is not None and bool(getattr(ext, "has_fused_cuda", lambda: False)())
 
 
-# The CUDA kernels are registered on the same ops (dispatch key CUDA), and the
-# extension's C++ autograd kernel serves every device: no Python glue.
-if has_fused_cuda():
-    register_backend("cuda", WEIGHTED_SISDR_FWD, WEIGHTED_SISDR_BWD, autograd=False)
+# ----------------------------------------------------------------- the CUDA kernel
+CUDA_KERNELS = ("triton", "extension")
+_TRITON_FUSED = "ugr_kernels.backends.triton.fused"
+_triton_cuda_lib = None    # the Library whose CUDA kernels are the Triton ones, or None
 
 
+def triton_kernels() -> Optional[tuple]:
+    """The Triton fused kernels ``(forward, backward)`` with the schemas' argument order
+    and coef layout, or None (no triton, or a Triton module without them)."""
+    try:
+        module = importlib.import_module(_TRITON_FUSED)
+    except ImportError:
+        return None
+    fwd, bwd = getattr(module, "forward", None), getattr(module, "backward", None)
+    return None if fwd is None or bwd is None else (fwd, bwd)
+
+
+def cuda_kernel() -> Optional[str]:
+    """Which implementation serves the ops' CUDA key now: "triton", "extension" or None."""
+    if _triton_cuda_lib is not None:
+        return "triton"
+    return "extension" if has_fused_cuda() else None
+
+
+def use_cuda_kernel(name: Optional[str] = None) -> Optional[str]:
+    """Make ``name`` ("triton" or "extension") the CUDA kernel of the fused ops.
+
+    ``None``: ``$UGR_CUDA_KERNEL`` if set, else "triton" where its kernels exist, else
+    "extension". Returns the kernel now in use, None when the wanted one is missing
+    (then the fused path is off on CUDA and ``weighted_sisdr`` takes the two passes).
+    A registration only (no device work): call it before capturing or compiling.
+    """
+    global _triton_cuda_lib
+    if name is None:
+        name = os.environ.get("UGR_CUDA_KERNEL") or (
+            "triton" if triton_kernels() is not None else "extension")
+    if name not in CUDA_KERNELS:
+        raise ValueError(f"the CUDA kernel must be one of {CUDA_KERNELS} (UGR_CUDA_KERNEL), "
+                         f"got {name!r}")
+    if name == cuda_kernel():
+        return name
+    if name == "extension":
+        if _triton_cuda_lib is not None:
+            _triton_cuda_lib._destroy()      # uncovers the extension's CUDA kernels
+            _triton_cuda_lib = None
+        return cuda_kernel()
+    kernels = triton_kernels()
+    if kernels is None:
+        return None
+    lib = torch.library.Library("ugr", "IMPL")
+    lib.impl("weighted_sisdr_fwd", kernels[0], "CUDA", allow_override=True)
+    lib.impl("weighted_sisdr_bwd", kernels[1], "CUDA", allow_override=True)
+    _triton_cuda_lib = lib
+    return name
+
+
+# Under torch.compile: evaluated once at trace time, a constant of the graph.
+_select_cuda_kernel = torch.compiler.assume_constant_result(use_cuda_kernel)
+
+
+class _InterpretedTriton(torch.autograd.Function):
+    """Triton ``forward`` / ``backward`` on CPU tensors (interpreter), with the ops'
+    autograd formula: the route of ``backend="triton"`` on the CPU."""
+
+    @staticmethod
+    def forward(*args):
+        return triton_kernels()[0](*args)
+
+    setup_context = staticmethod(_setup_context)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return _make_backward(triton_kernels()[1])(ctx, *grads)
+
+
+_INTERPRETED_TRITON = FusedOps(_InterpretedTriton.apply, None, traceable=False)
+
+
+def ops_for(backend: str, device_type: str) -> Optional[FusedOps]:
+    """How the fused path calls a resolved backend on ``device_type``, or None (then: the
+    two-pass path)."""
+    entry = backends.REGISTRY.get(backend)
+    if not enabled or entry is None or device_type not in entry.fused_on:
+        return None
+    if backend == "triton" and not torch.compiler.is_compiling():
+        triton_kernels()          # imports the module (the transitional one registers itself)
+        entry = backends.REGISTRY[backend]
+    if entry.fused_ops is not None:
+        ops = entry.fused_ops
+    elif device_type == "cuda":
+        wanted = "triton" if backend == "triton" else "extension"
+        ops = SCHEMA_OPS if _select_cuda_kernel(wanted) == wanted else None
+    elif backend == "triton":
+        ops = _INTERPRETED_TRITON if triton_kernels() is not None else None
+    else:
+        ops = SCHEMA_OPS
+    if ops is not None and not ops.traceable and torch.compiler.is_compiling():
+        return None
+    return ops
+
+
+# ----------------------------------------------------------------- the call
 def fused_weighted_sisdr(ops: FusedOps, est: Tensor, ref: Tensor, mixture: Optional[Tensor],
                          alpha, bias, mask, granularity: str, pit: bool, zero_mean: bool,
                          eps: float, clamp_db: Optional[float], check: bool,
                          process_group=None):
     """The fields of ``WeightedSISDRResult`` from one fused forward (inputs already checked
-    by ``api._check_inputs``); ``check``: raise on non-finite inputs (one host sync).
+    by ``checks.check_inputs``); ``check``: raise on non-finite inputs (one host sync).
+
+    ``alpha``: a number or a 0-d tensor on est's device; ``bias``, ``mask``: broadcastable
+    to the items, on est's device, or None (``checks.alpha_tensor`` / ``item_tensor``).
 
     With a ``process_group`` the pmf must span every rank: the op's local weights and
-    loss are dropped and the epilogue splits at the two all-reduces (``softmax_pmf``),
-    the loss taking its gradient through the op's sisdr / sisdri outputs, so the
-    backward is still the one fused pass (with the same per-item factors as one process
-    holding the whole batch).
+    loss are dropped and the torch epilogue (``epilogue.weighted_items``) splits at the
+    two all-reduces, the loss taking its gradient through the op's sisdr / sisdri
+    outputs, so the backward is still the one fused pass (with the same per-item factors
+    as one process holding the whole batch).
     """
     batch, n_src = est.shape[0], est.shape[1]
     by_source = granularity == "source"
     items = (batch, n_src) if by_source else (batch,)
     device = est.device
-    alpha = _alpha_tensor(alpha, device)
-    bias = _item_tensor(bias, items, torch.float64, "bias", device)
+    alpha = alpha_tensor(alpha, device)
+    bias = item_tensor("bias", bias, items, torch.float64, device)
+    mask = item_tensor("mask", mask, items, torch.bool, device)
     loss, sisdr, sisdri, weights, perm, valid, coef = ops.fwd(
-        est, ref, mixture, alpha, bias, _item_tensor(mask, items, torch.bool, "mask", device),
-        by_source, pit, zero_mean, float(eps),
+        est, ref, mixture, alpha, bias, mask, by_source, pit, zero_mean, float(eps),
         math.inf if clamp_db is None else float(clamp_db))
     if check:
-        _raise_if_non_finite(coef[:, :, ops.flags], alpha, bias)
+        bad = [coef[:, :, ops.flags].amax(dim=(0, 1)) != 0, ~torch.isfinite(alpha).reshape(1)]
+        if bias is not None:
+            bad.append((~torch.isfinite(bias)).any().reshape(1))
+        raise_if_non_finite(_FLAG_NAMES + ("alpha", "bias"), torch.cat(bad))
     sisdri = sisdri if mixture is not None else None
     if process_group is not None:
-        loss, weights = _group_loss(sisdr, sisdri, valid, by_source, alpha, bias, process_group)
+        # valid is False for a whole example masked by the user: no example_mask needed.
+        loss, weights, _ = weighted_items(sisdr.double(), None if sisdri is None
+                                          else sisdri.double(), valid,
+                                          granularity=granularity, alpha=alpha, bias=bias,
+                                          process_group=process_group)
+        loss, weights = loss.to(sisdr.dtype), weights.to(sisdr.dtype)
     return loss, sisdr, sisdri, weights, perm, valid
-
-
-def _raise_if_non_finite(flags: Tensor, alpha: Tensor, bias: Optional[Tensor]) -> None:
-    """check_finite: the op's row flags, alpha and bias, read with one host sync."""
-    bad = [flags.amax(dim=(0, 1)) != 0, ~torch.isfinite(alpha).reshape(1)]
-    if bias is not None:
-        bad.append((~torch.isfinite(bias)).any().reshape(1))
-    bad = torch.cat(bad).tolist()
-    for name, is_bad in zip(_FLAG_NAMES, bad):
-        if is_bad:
-            raise ValueError(f"{name} contains NaN or inf values (or float64 values too "
-                             f"large to square)")
-    for name, is_bad in zip(("alpha", "bias"), bad[3:]):
-        if is_bad:
-            raise ValueError(f"{name} contains NaN or inf values: every score F would be "
-                             f"non-finite and no item would be trained")
-
-
-def _group_loss(sisdr, sisdri, valid, by_source, alpha, bias, group):
-    """The pmf over all ranks of ``group`` and the loss (times the world size)."""
-    from .pmf import weighted_item_loss
-
-    item_loss = -(sisdri if sisdri is not None else sisdr).double()
-    item_valid = valid
-    if not by_source:
-        count = valid.sum(1)         # valid is False for a whole example masked by the user
-        item_loss = item_loss.sum(1) / count.clamp(min=1)
-        item_valid = count > 0
-    loss, weights, _ = weighted_item_loss(item_loss, item_valid, alpha=alpha, bias=bias,
-                                          process_group=group)
-    return loss.to(sisdr.dtype), weights.to(sisdr.dtype)
-
-
-def _alpha_tensor(alpha, device) -> Tensor:
-    if isinstance(alpha, Tensor):
-        if alpha.numel() != 1 or not alpha.is_floating_point():
-            raise ValueError(f"alpha must be a float or a 0-d float tensor, got a "
-                             f"{alpha.dtype} tensor of shape {tuple(alpha.shape)}")
-        if alpha.dtype != torch.float64 or alpha.device != device:
-            alpha = alpha.to(device=device, dtype=torch.float64)
-        return alpha.reshape(()) if alpha.dim() else alpha
-    alpha = float(alpha)
-    if not math.isfinite(alpha):
-        raise ValueError(f"alpha must be finite, got {alpha}")
-    if torch.device(device).type == "cpu":
-        return torch.tensor(alpha, dtype=torch.float64)
-    # On a GPU a fill kernel, not a blocking host-to-device copy: CUDA-graph capturable.
-    return torch.full((), alpha, dtype=torch.float64, device=device)
-
-
-def _item_tensor(t, items: tuple, dtype, name: str, device) -> Optional[Tensor]:
-    """``t`` as an item-shaped tensor of ``dtype`` on ``device``; no op when it already is."""
-    if t is None:
-        return None
-    if not isinstance(t, Tensor):
-        t = torch.as_tensor(t)
-    shape = tuple(t.shape)
-    if shape != items:
-        if len(items) == 1 and len(shape) == 2 and shape[1] == 1:
-            t, shape = t[:, 0], shape[:1]           # (B, 1) for per-example items
-        try:
-            ok = tuple(torch.broadcast_shapes(shape, items)) == items
-        except RuntimeError:
-            ok = False
-        if not ok:
-            raise ValueError(f"{name} must be broadcastable to {items} (granularity "
-                             f"{'source' if len(items) == 2 else 'example'}), got shape {shape}")
-        t = t.expand(items)
-    if t.dtype != dtype or t.device != device:
-        t = t.to(device=device, dtype=dtype)
-    return t

@@ -11,12 +11,12 @@ tensor([0.0900, 0.2447, 0.6652])
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor
 
+from .checks import require_finite
 from .weighting import Robust, Uniform, Weighting, WeightingTerms
 
 
@@ -164,21 +164,24 @@ def weighting_terms(weighting: Union[Weighting, float, None], *, step: int = 0, 
     """The pieces of F for this call from a scheme, a plain float alpha, or None (uniform).
 
     Shared by ``reweight`` and ``WeightedSISDRLoss``; raises ``ValueError`` for a
-    non-finite alpha (from a float or a schedule) and for an unknown kind of weighting.
+    non-finite alpha (from a float or a schedule; in eager mode only, see
+    ``checks.require_finite``) and for an unknown kind of weighting. Under
+    ``torch.compile`` ``alpha`` stays a Python (symbolic) float: a schedule stepping
+    with ``step`` recompiles at most once (when ``step`` becomes dynamic).
     """
     if weighting is None:
         weighting = Uniform()
     elif isinstance(weighting, (int, float)) and not isinstance(weighting, bool):
-        if not math.isfinite(weighting):
-            raise ValueError(f"weighting alpha must be finite, got {weighting}")
+        require_finite("weighting alpha", weighting)
         weighting = Robust(float(weighting))
     elif not isinstance(weighting, Weighting):
         raise ValueError(f"weighting must be a ugr_kernels Weighting scheme, a float alpha or "
                          f"None, got {type(weighting).__name__}")
     terms = weighting.terms(step=step, epoch=epoch, labels=labels)
-    if not math.isfinite(float(terms.alpha)):
-        raise ValueError(f"weighting alpha must be finite, got {terms.alpha} from {weighting!r} "
-                         f"at step {step}, epoch {epoch}")
+    # Schedules check their parameters once, at construction; this eager check catches a
+    # user's schedule going non-finite and costs nothing (skipped) under torch.compile.
+    require_finite("weighting alpha", terms.alpha,
+                   f" from {weighting!r} at step {step}, epoch {epoch}")
     return terms
 
 

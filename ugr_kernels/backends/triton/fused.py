@@ -240,7 +240,7 @@ def fused_forward(est: Tensor, ref: Tensor, mixture: Optional[Tensor],
         mask = mask.to(device=est.device, dtype=torch.bool).expand(item_shape)
     table = None
     if pit:
-        from ...api import permutation_table
+        from ...pit import permutation_table
         table = permutation_table(n_src, est.device)
     return weighted_sisdr_fwd(est.contiguous(), ref.contiguous(),
                               None if mixture is None else mixture.contiguous(), alpha, bias,

@@ -1,32 +1,41 @@
-"""Exact batched linear assignment on the device: PIT for many sources.
+"""Permutation-invariant training (PIT): which estimate goes with which reference.
 
-``best_assignment(score, valid)`` solves, for every example of a batch at once,
+For a (B, C, C) score matrix ``pair[b, i, j]`` (estimate i against reference j) PIT
+picks per example the permutation
 
-    perm[b] = argmax over permutations  sum_j score[b, perm[b, j], j]
+    perm[b] = argmax over permutations  sum_j pair[b, perm[b, j], j]
 
-(``score[b, i, j]``: estimate i against reference j, ``perm[b, j]``: the estimate
-assigned to reference j, invalid entries count 0), the convention of
-``ugr_kernels.pit_best_perm``.
+(``perm[b, j]``: the estimate assigned to reference j; invalid entries count 0).
 
-Algorithm: the shortest-augmenting-path Hungarian method (Jonker–Volgenant /
-Crouse 2016, the algorithm behind ``scipy.optimize.linear_sum_assignment``) with
-row and column potentials in float64, vectorised over the batch. References are
-the rows, estimates the columns, the cost is ``-score``. Rows are added one at a
-time; adding row k (k rows already matched) is a Dijkstra search over reduced
-costs that scans one new column per step and stops at the first free column.
-At most k columns are matched, so it needs at most k + 1 steps: the loop runs
-**exactly k + 1 steps for row k**, C (C + 1) / 2 Dijkstra steps in total, each
-a handful of torch ops on (B, C) tensors; an example that already reached a free
-column points its search at a padding row of +inf costs, so its later steps
-change nothing (distances, path, sink and dual step stay frozen). The augmenting
-path (at most k + 1 columns) is then collected by pointer doubling in
-ceil(log2(k + 1)) steps and the potentials are updated as in Crouse's method.
-The iteration count depends on C only, never on the data, so there is no host
-sync (no ``.item()``, no ``nonzero``, no boolean indexing, no data-dependent
-Python branch), the whole solve runs on the tensors' device, can be captured in
-a CUDA graph and traced by ``torch.compile(fullgraph=True)``. Ties are broken by
-``min`` taking the first minimum, so results are deterministic (an all-equal
-matrix gives the identity).
+- ``pit_best_perm``: exhaustive over the C! rows of ``permutation_table`` for
+  C <= ``MAX_PIT_SOURCES``, the exact solver ``best_assignment`` beyond.
+- ``identity_perm``: estimate i for reference i (``pit=False``).
+
+Every function runs on the tensors' device with no host sync, can be captured in
+a CUDA graph and traced by ``torch.compile(fullgraph=True)``. The backends (the
+fused Triton kernels take the permutation table) import this module; it imports
+nothing of ugr_kernels.
+
+The solver, ``best_assignment(score, valid)``, solves the problem above for every
+example of a batch at once (``score`` is ``pair``). Algorithm: the shortest-
+augmenting-path Hungarian method (Jonker–Volgenant / Crouse 2016, the algorithm
+behind ``scipy.optimize.linear_sum_assignment``) with row and column potentials in
+float64, vectorised over the batch. References are the rows, estimates the columns,
+the cost is ``-score``. Rows are added one at a time; adding row k (k rows already
+matched) is a Dijkstra search over reduced costs that scans one new column per step
+and stops at the first free column. At most k columns are matched, so it needs at
+most k + 1 steps: the loop runs **exactly k + 1 steps for row k**, C (C + 1) / 2
+Dijkstra steps in total, each a handful of torch ops on (B, C) tensors; an example
+that already reached a free column points its search at a padding row of +inf costs,
+so its later steps change nothing (distances, path, sink and dual step stay frozen).
+The augmenting path (at most k + 1 columns) is then collected by pointer doubling in
+ceil(log2(k + 1)) steps and the potentials are updated as in Crouse's method. The
+iteration count depends on C only, never on the data, so there is no host sync (no
+``.item()``, no ``nonzero``, no boolean indexing, no data-dependent Python branch),
+the whole solve runs on the tensors' device, can be captured in a CUDA graph and
+traced by ``torch.compile(fullgraph=True)``. Ties are broken by ``min`` taking the
+first minimum, so results are deterministic (an all-equal matrix gives the
+identity).
 
 Cost: C (C + 1) / 2 Dijkstra steps of ~13 small kernels each, plus O(C log C)
 for the path walks: 793 non-view ops for C = 8, 1541 for C = 12, 2513 for C = 16,
@@ -45,10 +54,63 @@ host round trip, CUDA-graph capturable and ``torch.compile``-traceable.
 """
 from __future__ import annotations
 
+import itertools
 from typing import Optional
 
 import torch
 from torch import Tensor
+
+# Exhaustive search for C <= MAX_PIT_SOURCES, the exact batched solver above. Measured
+# crossover (bench/bench_pit.py, B=16, 2-core CPU): C = 7, where both take ~1.8 ms;
+# exhaustive is 6x faster at C = 6, the solver 15-40x faster at C = 8 (C! = 40320
+# permutations: 90 ms).
+MAX_PIT_SOURCES = 6
+
+_PERM_CACHE: dict = {}
+
+
+def permutation_table(n_src: int, device) -> Tensor:
+    """All n_src! permutations as a (P, n_src) int64 tensor on ``device``, in
+    lexicographic order (cached per device; built afresh while compiling, where it
+    becomes a constant of the graph)."""
+    if torch.compiler.is_compiling():
+        return torch.tensor(list(itertools.permutations(range(n_src))), dtype=torch.long,
+                            device=device)
+    key = (n_src, str(device))
+    if key not in _PERM_CACHE:
+        _PERM_CACHE[key] = torch.tensor(list(itertools.permutations(range(n_src))),
+                                        dtype=torch.long, device=device)
+    return _PERM_CACHE[key]
+
+
+def pit_best_perm(pair: Tensor, valid: Optional[Tensor] = None) -> Tensor:
+    """PIT on a (B, C, C) score matrix ``pair[b, i, j]`` (estimate i, reference j).
+
+    Exhaustive search over the C! permutations for C <= ``MAX_PIT_SOURCES``; beyond,
+    the exact batched assignment solver ``best_assignment`` (same optimum; ties may
+    resolve to a different permutation of equal total).
+
+    Returns ``perm`` (B, C) int64 with ``perm[b, j]`` the estimate for reference j that
+    maximises ``sum_j pair[b, perm[b, j], j]``; invalid entries count as 0. All on the
+    device, no host sync (ties resolve to the first permutation in lexicographic order).
+    """
+    batch, n_src = pair.shape[0], pair.shape[1]
+    if n_src > MAX_PIT_SOURCES:
+        return best_assignment(pair, valid)
+    scores = pair.detach()
+    if valid is not None:
+        scores = torch.where(valid, scores, torch.zeros_like(scores))
+    table = permutation_table(n_src, pair.device)                      # (P, C)
+    cols = torch.arange(n_src, device=pair.device)
+    flat_index = (table * n_src + cols).reshape(-1)                     # row-major (i, j)
+    per_perm = scores.reshape(batch, n_src * n_src)[:, flat_index]
+    total = per_perm.reshape(batch, -1, n_src).sum(-1)                  # (B, P)
+    return table[total.argmax(dim=1)]
+
+
+def identity_perm(batch: int, n_src: int, device) -> Tensor:
+    """(B, C) int64 ``perm[b, j] = j``: estimate j for reference j (no PIT)."""
+    return torch.arange(n_src, device=device).expand(batch, n_src).contiguous()
 
 
 def best_assignment(score: Tensor, valid: Optional[Tensor] = None) -> Tensor:
