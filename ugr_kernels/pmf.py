@@ -180,8 +180,9 @@ def weighting_terms(weighting: Union[Weighting, float, None], *, step: int = 0, 
     terms = weighting.terms(step=step, epoch=epoch, labels=labels)
     # Schedules check their parameters once, at construction; this eager check catches a
     # user's schedule going non-finite and costs nothing (skipped) under torch.compile.
-    require_finite("weighting alpha", terms.alpha,
-                   f" from {weighting!r} at step {step}, epoch {epoch}")
+    if not torch.compiler.is_compiling():
+        require_finite("weighting alpha", terms.alpha,
+                       f" from {weighting!r} at step {step}, epoch {epoch}")
     return terms
 
 
@@ -210,8 +211,9 @@ def weighted_item_loss(item_loss: Tensor, valid: Tensor, *, alpha=0.0,
 def score_items(loss: Tensor, alpha, bias: Optional[Tensor],
                 score_fn: Optional[Callable[[Tensor], Tensor]]) -> Tensor:
     """F per item from the detached item losses (see ``weighted_item_loss``)."""
-    score = loss * alpha if not (isinstance(alpha, (int, float)) and alpha == 0) \
-        else torch.zeros_like(loss)
+    # Always the product: a branch on alpha's value would be a guard under torch.compile
+    # (a recompile when a schedule reaches 0). ``loss`` is finite here.
+    score = loss * alpha
     if bias is not None:
         score = score + bias.to(device=loss.device, dtype=loss.dtype).expand_as(loss)
     if score_fn is not None:
