@@ -515,3 +515,81 @@ def test_process_group_equals_one_process_on_the_whole_batch(granularity):
     torch.testing.assert_close(torch.cat([out[0][1], out[1][1]]), want.weights)
     torch.testing.assert_close(torch.cat([out[0][2], out[1][2]]) / 2, g_want, rtol=1e-9,
                                atol=1e-15)
+
+
+# ----------------------------------------------------------------- one schema, a kernel per device
+# Stand-ins for the Triton kernels (``backends/triton/fused.py: forward / backward``, the
+# schemas' argument order and coef layout): they record the call and compute with the
+# CPU kernels, so the registration and routing are checked without a GPU or Triton.
+
+def _stand_in_kernels(calls):
+    def forward(*args):
+        calls.append("fwd")
+        return tuple(FWD(*args))
+
+    def backward(*args):
+        calls.append("bwd")
+        return BWD(*args)
+
+    return forward, backward
+
+
+def test_triton_kernels_are_registered_as_the_ops_cuda_kernels(monkeypatch):
+    calls = []
+    monkeypatch.setattr(fused, "triton_kernels", lambda: _stand_in_kernels(calls))
+    cuda = torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA)
+    args = _fwd_args(grad=False)
+    try:
+        assert fused.use_cuda_kernel("triton") == "triton" == fused.cuda_kernel()
+        assert torch._C._dispatch_has_kernel_for_dispatch_key("ugr::weighted_sisdr_fwd", "CUDA")
+        # The CUDA key's kernel, called on CPU tensors (the dispatcher only looks at the key).
+        got = FWD.redispatch(cuda, *args)
+        want = FWD(*args)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=0, atol=0)
+        perm, coef = got[4], got[6]
+        BWD.redispatch(cuda, torch.tensor(1.0), None, None, args[0], args[1], perm, coef)
+        assert calls == ["fwd", "bwd"]
+    finally:
+        fused.use_cuda_kernel("extension")
+    # Dropping the Triton registration uncovers the extension's CUDA kernels (none here).
+    assert fused.cuda_kernel() == ("extension" if fused.has_fused_cuda() else None)
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(
+        "ugr::weighted_sisdr_fwd", "CUDA") == fused.has_fused_cuda()
+
+
+def test_cuda_kernel_choice(monkeypatch):
+    with pytest.raises(ValueError, match="UGR_CUDA_KERNEL"):
+        fused.use_cuda_kernel("cudnn")
+    monkeypatch.setenv("UGR_CUDA_KERNEL", "triton")
+    monkeypatch.setattr(fused, "triton_kernels", lambda: None)    # triton missing
+    assert fused.use_cuda_kernel() is None and fused.cuda_kernel() != "triton"
+    monkeypatch.setenv("UGR_CUDA_KERNEL", "extension")
+    assert backends.auto_order("cuda")[0] == "cuda"
+    monkeypatch.delenv("UGR_CUDA_KERNEL")
+    assert backends.auto_order("cuda")[0] == "triton"
+
+
+def test_triton_on_cpu_tensors_calls_the_kernels_with_the_ops_autograd(monkeypatch):
+    """backend="triton" on CPU tensors (the interpreter): the CPU key belongs to the C++
+    kernels, so the fused path calls Triton's forward / backward directly, with the
+    same autograd formula; under torch.compile it takes the two passes."""
+    calls = []
+    monkeypatch.setattr(fused, "triton_kernels", lambda: _stand_in_kernels(calls))
+    monkeypatch.setitem(backends.REGISTRY, "triton",
+                        backends.REGISTRY["triton"]._replace(fused_ops=None))
+    ops = fused.ops_for("triton", "cpu")
+    assert ops is not None and not ops.traceable
+    est, ref, mix = batch(3, 2, 200, seed=60)
+    w = rand(3, 2, seed=61)
+    for gran in ("source", "example"):
+        e1 = est.clone().requires_grad_(True)
+        r1 = fused.fused_weighted_sisdr(ops, e1, ref, mix, 0.2, None, None, gran, True, True,
+                                        1e-12, None, True)
+        g1, = torch.autograd.grad(r1[0] + (w * r1[1]).sum() + (w * r1[2]).sum(), e1)
+        e2 = est.clone().requires_grad_(True)
+        r2 = uk.weighted_sisdr(e2, ref, mixture=mix, alpha=0.2, granularity=gran, backend="cpp")
+        g2, = torch.autograd.grad(r2.loss + (w * r2.sisdr).sum() + (w * r2.sisdri).sum(), e2)
+        torch.testing.assert_close(r1[0], r2.loss, rtol=0, atol=0)
+        torch.testing.assert_close(g1, g2, rtol=0, atol=0)
+    assert calls == ["fwd", "bwd"] * 2

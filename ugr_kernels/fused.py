@@ -295,8 +295,13 @@ def use_cuda_kernel(name: Optional[str] = None) -> Optional[str]:
     return name
 
 
-# Under torch.compile: evaluated once at trace time, a constant of the graph.
+# Under torch.compile: evaluated once at trace time, constants of the graph.
 _select_cuda_kernel = torch.compiler.assume_constant_result(use_cuda_kernel)
+
+
+@torch.compiler.assume_constant_result
+def _triton_loaded() -> bool:
+    return triton_kernels() is not None
 
 
 class _InterpretedTriton(torch.autograd.Function):
@@ -323,8 +328,8 @@ def ops_for(backend: str, device_type: str) -> Optional[FusedOps]:
     entry = backends.REGISTRY.get(backend)
     if not enabled or entry is None or device_type not in entry.fused_on:
         return None
-    if backend == "triton" and not torch.compiler.is_compiling():
-        triton_kernels()          # imports the module (the transitional one registers itself)
+    if backend == "triton":
+        has_kernels = _triton_loaded()   # imports the module (the transitional one registers)
         entry = backends.REGISTRY[backend]
     if entry.fused_ops is not None:
         ops = entry.fused_ops
@@ -332,7 +337,7 @@ def ops_for(backend: str, device_type: str) -> Optional[FusedOps]:
         wanted = "triton" if backend == "triton" else "extension"
         ops = SCHEMA_OPS if _select_cuda_kernel(wanted) == wanted else None
     elif backend == "triton":
-        ops = _INTERPRETED_TRITON if triton_kernels() is not None else None
+        ops = _INTERPRETED_TRITON if has_kernels else None
     else:
         ops = SCHEMA_OPS
     if ops is not None and not ops.traceable and torch.compiler.is_compiling():
