@@ -16,42 +16,20 @@ vectorised and free of host syncs.
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional, Union
+from typing import Callable, Optional, Union
 
 import torch
 from torch import Tensor
 
 from . import backends, fused
 from .checks import alpha_tensor, check_inputs, item_tensor, raise_if_non_finite
-from .epilogue import sisdr_from_stats, weighted_pit_loss
+from .epilogue import WeightedSISDRResult, sisdr_from_stats, weighted_pit_loss
 from .ops import sufficient_stats
 from .pit import MAX_PIT_SOURCES, permutation_table, pit_best_perm
 from .reference import pairwise_sisdr
 
 __all__ = ["WeightedSISDRResult", "weighted_sisdr", "MAX_PIT_SOURCES", "permutation_table",
            "pit_best_perm", "sisdr_from_stats"]
-
-
-class WeightedSISDRResult(NamedTuple):
-    """What ``weighted_sisdr`` returns; items are indexed by *reference* source.
-
-    Attributes:
-        loss: scalar, ``sum_i p_i L_i`` (times the world size under a process group).
-        sisdr: (B, C) SI-SDR in dB of the estimate assigned to reference j (0 where masked).
-        sisdri: (B, C) SI-SDR improvement over the mixture, or None without a mixture.
-        weights: the pmf p actually used: (B, C) for ``granularity="source"``, (B,) for
-            ``"example"``; 0 for masked items; sums to 1 over the (global) batch.
-        perm: (B, C) int64, ``perm[b, j]`` = index of the estimate assigned to reference j,
-            so ``est.gather(1, perm[..., None].expand_as(est))`` is aligned with ``ref``.
-        mask: (B, C) bool, the (example, source) pairs that took part.
-    """
-
-    loss: Tensor
-    sisdr: Tensor
-    sisdri: Optional[Tensor]
-    weights: Tensor
-    perm: Tensor
-    mask: Tensor
 
 
 def weighted_sisdr(

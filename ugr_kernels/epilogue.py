@@ -67,8 +67,19 @@ def sisdr_from_stats(sxy: Tensor, sxx: Tensor, syy: Tensor, *, eps: float = 1e-1
     return torch.where(valid, sisdr, torch.zeros_like(sisdr)), valid
 
 
-class Epilogue(NamedTuple):
-    """The fields of ``WeightedSISDRResult``, in the dtype of the pairwise SI-SDR."""
+class WeightedSISDRResult(NamedTuple):
+    """What ``weighted_sisdr`` returns; items are indexed by *reference* source.
+
+    Attributes:
+        loss: scalar, ``sum_i p_i L_i`` (times the world size under a process group).
+        sisdr: (B, C) SI-SDR in dB of the estimate assigned to reference j (0 where masked).
+        sisdri: (B, C) SI-SDR improvement over the mixture, or None without a mixture.
+        weights: the pmf p actually used: (B, C) for ``granularity="source"``, (B,) for
+            ``"example"``; 0 for masked items; sums to 1 over the (global) batch.
+        perm: (B, C) int64, ``perm[b, j]`` = index of the estimate assigned to reference j,
+            so ``est.gather(1, perm[..., None].expand_as(est))`` is aligned with ``ref``.
+        mask: (B, C) bool, the (example, source) pairs that took part.
+    """
 
     loss: Tensor
     sisdr: Tensor
@@ -83,7 +94,7 @@ def weighted_pit_loss(pair: Tensor, pair_valid: Tensor, mix_sisdr: Optional[Tens
                       bias: Optional[Tensor] = None, mask: Optional[Tensor] = None,
                       granularity: str = "source", pit: bool = True,
                       score_fn: Optional[Callable[[Tensor], Tensor]] = None,
-                      process_group=None) -> Epilogue:
+                      process_group=None) -> WeightedSISDRResult:
     """PIT, SI-SDRi, masks, granularity and the pmf from the pairwise SI-SDR.
 
     Args:
@@ -97,8 +108,7 @@ def weighted_pit_loss(pair: Tensor, pair_valid: Tensor, mix_sisdr: Optional[Tens
         score_fn, process_group: see ``ugr_kernels.weighted_sisdr``.
 
     Returns:
-        ``Epilogue(loss, sisdr, sisdri, weights, perm, mask)``: sisdr, sisdri (B, C)
-        per reference (0 where masked), perm (B, C) int64, mask (B, C) bool.
+        ``WeightedSISDRResult`` in the dtype of ``pair`` (``weighted_sisdr`` casts it).
     """
     sisdr, sisdri, perm, valid = pit_items(pair, pair_valid, mix_sisdr, mix_valid, pit=pit)
     if sisdri is not None:          # reported for user-masked items too, like the fused op
@@ -112,7 +122,7 @@ def weighted_pit_loss(pair: Tensor, pair_valid: Tensor, mix_sisdr: Optional[Tens
         bias=bias, score_fn=score_fn, process_group=process_group)
     if granularity == "example":
         valid = valid & item_valid.unsqueeze(1)
-    return Epilogue(loss, sisdr, sisdri, weights, perm, valid)
+    return WeightedSISDRResult(loss, sisdr, sisdri, weights, perm, valid)
 
 
 def pit_items(pair: Tensor, pair_valid: Tensor, mix_sisdr: Optional[Tensor],
