@@ -13,6 +13,13 @@ scheme                  F per item                      use
 ======================  ==============================  ==========================
 
 Schemes add: ``Robust(0.1) + ClassBias({"speech": 3})`` has F = 0.1 L + gamma.
+
+Schedules check their parameters once, at construction (``ValueError`` for NaN/inf), and
+are plain Python arithmetic on the step: under ``torch.compile`` a changing ``step``
+becomes a symbolic int at the first recompile, so ``Constant``, ``Linear``, ``Cosine``,
+``Exponential`` and ``InverseTemperature`` compile at most twice in all, with no graph
+break; ``Step`` picks its value by comparisons and so recompiles once more at each
+boundary it crosses.
 """
 from __future__ import annotations
 
