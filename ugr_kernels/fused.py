@@ -7,12 +7,7 @@ fused ops on the device (``backends.REGISTRY``), ``score_fn`` is None (with a
 ``ref`` nor ``mixture`` needs a gradient; everything else goes through the two passes
 and the torch epilogue (``epilogue.py``, the readable reference path).
 
-The ops (schemas defined here, once; kernels registered per device: the C++ CPU
-kernels by ``csrc/ugr_fused_cpu.cpp`` with ``TORCH_LIBRARY_IMPL(ugr, CPU)``, the CUDA
-kernels, when the extension is built with CUDA, by ``csrc/cuda/ugr_fused_cuda.cu`` with
-``TORCH_LIBRARY_IMPL(ugr, CUDA)``: backend name "cuda", three launches per forward +
-backward, no host sync; there a non-finite alpha or bias is not raised by the op, its
-items drop out of the pmf, and ``check_finite`` raises)::
+The ops (schemas defined here, once; a kernel per device, see below)::
 
     ugr::weighted_sisdr_fwd(Tensor est, Tensor ref, Tensor? mixture, Tensor alpha,
         Tensor? bias, Tensor? mask, bool by_source, bool pit, bool zero_mean, float eps,
@@ -22,10 +17,14 @@ items drop out of the pmf, and ``check_finite`` raises)::
         Tensor est, Tensor ref, Tensor perm, Tensor coef) -> Tensor
 
 Forward inputs: est, ref (B, C, T) of one float dtype; mixture (B, T) (or (B, 1, T)) of
-that dtype or None; alpha a 0-d float64 tensor on est's device (a tensor, never a Python
-float, so that a schedule does not recompile); bias float64 and mask bool of the item
-shape ((B, C) when ``by_source``, else (B,)) or None; ``clamp_db = inf`` for no clamp;
-``eps`` relative. Non-finite alpha or bias raise ``ValueError``.
+that dtype or None; alpha a 0-d float64 tensor on est's device (``checks.alpha_tensor``
+makes a Python float a device fill, so a changing alpha is data, not a constant of a
+compiled graph); bias float64 and mask bool of the item shape ((B, C) when
+``by_source``, else (B,)) or None, on est's device; ``clamp_db = inf`` for no clamp;
+``eps`` relative. The CPU kernels raise ``ValueError`` for a non-finite alpha or bias;
+the CUDA kernels cannot without a sync: there those items drop out of the pmf, and
+``check_finite`` raises (the extension's CUDA forward + backward is three launches, no
+host sync).
 
 Forward outputs: loss 0-d; sisdr, sisdri (B, C) (sisdri all 0 without a mixture);
 weights of the item shape; float outputs float64 for float64 inputs, else float32; perm
