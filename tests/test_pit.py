@@ -1,4 +1,5 @@
-"""best_assignment: exact batched linear assignment on the device (PIT for C > 6).
+"""ugr_kernels/pit.py: best_assignment, exact batched linear assignment on the device
+(PIT for C > 6).
 
 Checked against scipy.optimize.linear_sum_assignment (test-only dependency) in
 total score, against exhaustive PIT for C <= 6, for the absence of host syncs,
