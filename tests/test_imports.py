@@ -134,6 +134,18 @@ def test_cycle_finder_finds_a_circle():
     assert _cycles({"a": {"b"}, "b": {"c"}, "d": {"a"}}) == []
 
 
+def test_every_first_party_import_names_a_module_of_the_repository():
+    """A moved module leaves no import behind (an editable install of another checkout
+    would otherwise answer it and hide the mistake)."""
+    first_party = {"train", "model", "ugr_kernels"}
+    bad = [f"{path.relative_to(ROOT)}:{line} imports {module}"
+           for name, path in MODULES.items()
+           for module, _, line in _imports(name, path)
+           if module.split(".")[0] in first_party and module not in MODULES
+           and module not in EXTENSIONS]
+    assert bad == []
+
+
 def test_no_import_circles_outside_ugr_kernels():
     assert [c for c in _cycles(_graph()) if not c[0].startswith("ugr_kernels")] == []
 

@@ -86,16 +86,12 @@ def build_splits(task: str, catalogs: Mapping[str, SourceCatalog], segment_len: 
     """Train/val/test mixtures of ``task``: every file of every split is read and checked
     here, before training starts. Train uses ``seed`` (fresh indices each step); val and
     test are fixed, seeded by ``DEFAULT_EVAL_SEED``, the same across runs."""
-    splits = {}
-    for split in SPLITS:
-        banks = load_banks(task, catalogs, split, progress)
-        if split == "train":
-            splits[split] = MixtureDataset(banks, task, segment_len, seed, num_train, **mix_kwargs)
-        else:
-            n = num_val if split == "val" else num_test
-            splits[split] = MixtureDataset(banks, task, segment_len, DEFAULT_EVAL_SEED, n,
-                                           **mix_kwargs)
-    return DataSplits(**splits)
+    banks = {split: load_banks(task, catalogs, split, progress) for split in SPLITS}
+    seed_and_items = {"train": (seed, num_train), "val": (DEFAULT_EVAL_SEED, num_val),
+             "test": (DEFAULT_EVAL_SEED, num_test)}
+    return DataSplits(**{split: MixtureDataset(banks[split], task, segment_len,
+                                               *seed_and_items[split],
+                                               **mix_kwargs) for split in SPLITS})
 
 
 def build_data(config, show: bool) -> DataSplits:

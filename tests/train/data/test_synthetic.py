@@ -1,12 +1,12 @@
-"""Procedural default data (train.synthetic)."""
+"""Procedural default data (train.data.synthetic)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from train.datasets import load_sources
-from train.synthetic import (
+from train.data.sources import load_sources
+from train.data.synthetic import (
     ENV_CLASSES,
     F0_MAX,
     F0_MIN,
