@@ -22,6 +22,7 @@ import numpy as np
 from ..evaluation.report import load_run, plot
 from ..run.config import RunConfig
 from ..run.trainer import Trainer
+from ..run_folder import RunFolder
 from .common import (
     Parser,
     add_machine_flags,
@@ -61,7 +62,7 @@ def _config(opts, seed: int, **arm) -> RunConfig:
 def _train(opts, sweep, name, config: RunConfig):
     """Train one run (or reuse a finished one) and load its outputs."""
     run_dir = Path(opts.runs) / sweep / name
-    if (run_dir / "results.json").exists() and not opts.force:
+    if RunFolder(run_dir).results_json.exists() and not opts.force:
         print(f"[{sweep}] {name}: done already ({run_dir}), reusing")
     else:
         print(f"[{sweep}] {name}: training -> {run_dir}")
