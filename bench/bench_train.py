@@ -13,8 +13,8 @@ import tempfile
 import pytest
 import torch
 
-from train.cli import parse_args
-from train.loop import Trainer
+from train.commands.train import parse_args
+from train.run.trainer import Trainer
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 CASES = [("sudormrf-tiny", 8, 1.0), ("sudormrf-0.25x", 4, 2.0)]

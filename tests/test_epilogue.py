@@ -1,10 +1,10 @@
 """ugr_kernels/epilogue.py: one torch epilogue for the two-pass path, the fused path's
-process-group tail and the unfused baseline (train/unfused.py)."""
+process-group tail and the unfused baseline (train/run/unfused.py)."""
 import pytest
 import torch
 
 import ugr_kernels as uk
-from train.unfused import unfused_weighted_sisdr
+from train.run.unfused import unfused_weighted_sisdr
 from ugr_kernels import epilogue
 from ugr_kernels.reference import pairwise_sisdr
 

@@ -11,7 +11,7 @@ import warnings
 
 from . import backends
 from .api import WeightedSISDRResult, weighted_sisdr
-from .epilogue import sisdr_from_stats
+from .epilogue import sisdr_from_stats, weighted_pit_loss
 from .loss import WeightedSISDRLoss
 from .pit import permutation_table, pit_best_perm
 from .pmf import Reweighted, reweight, softmax_pmf
@@ -44,7 +44,8 @@ except ImportError:
 __all__ = [
     "weighted_sisdr", "WeightedSISDRResult", "WeightedSISDRLoss", "softmax_pmf",
     "reweight", "Reweighted",
-    "pairwise_sisdr", "pit_best_perm", "permutation_table", "sisdr_from_stats", "backends",
+    "pairwise_sisdr", "pit_best_perm", "permutation_table", "sisdr_from_stats", "weighted_pit_loss",
+    "backends",
     "Weighting", "Uniform", "Robust", "Curriculum", "ClassBias", "Custom",
     "Schedule", "Constant", "Linear", "Cosine", "Exponential", "Step", "InverseTemperature",
 ]
