@@ -5,7 +5,7 @@ and the fallback wherever they do not apply (a ``score_fn``, gradients for ``ref
 or the mixture, PIT beyond 6 sources, a process group). Three callers share it:
 ``weighted_sisdr``'s two-pass path (pairwise SI-SDR from the sufficient statistics),
 the fused path under a process group (from the op's per-reference SI-SDR), and the
-unfused baseline ``train.unfused`` (pairwise SI-SDR formed over T with autograd).
+unfused baseline ``train.run.unfused`` (pairwise SI-SDR formed over T with autograd).
 
 The steps, for one batch::
 
