@@ -79,8 +79,10 @@ class BandedMaskConv(nn.Conv2d):
         - Output: ``(batch, S, N, frames)``, ``out[:, s] = T_s @ x[:, 0] + b_s``
           (see :func:`toeplitz_band`).
 
-    Cost per call: ``2 * S * N^2 * batch * frames`` FLOPs forward (the dense
-    band, 4/3 of the convolution's multiply-adds) plus an ``S * N^2`` copy.
+    Cost per call: ``2 * S * N^2 * batch * frames`` FLOPs forward (a quarter
+    of them on the zero corners of the band, as the convolution spends a
+    quarter of its ``N + 1`` taps on its zero padding) plus an ``S * N^2`` copy
+    to build the band.
     """
 
     def __init__(self, enc_channels: int, num_sources: int, gemm: bool = True) -> None:
