@@ -1,5 +1,6 @@
 """Separation models.  Knows nothing of losses or data."""
 
+from .mask_conv import BandedMaskConv, toeplitz_band
 from .norms import GlobalLayerNorm
 from .sudormrf import (
     MODEL_CONFIGS,
@@ -11,6 +12,7 @@ from .sudormrf import (
 )
 
 __all__ = [
+    "BandedMaskConv",
     "MODEL_CONFIGS",
     "VARIANTS",
     "GlobalLayerNorm",
@@ -18,4 +20,5 @@ __all__ = [
     "UConvBlock",
     "build_model",
     "count_parameters",
+    "toeplitz_band",
 ]

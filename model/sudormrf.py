@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .mask_conv import BandedMaskConv
 from .norms import make_norm
 
 VARIANTS = ("original", "improved")
@@ -167,12 +168,19 @@ class SuDORMRF(nn.Module):
         reference_param_parity: original variant only; keep the reference
             implementation's unused (frozen) GroupNorm(N) so parameter counts
             equal the published ones.
+        mask_gemm: original variant only; compute the ``(N + 1, 1)`` mask
+            Conv2d as a banded Toeplitz matrix product
+            (:class:`~model.mask_conv.BandedMaskConv`, default, ~40x faster
+            forward + backward on the CPU) or, with ``False``, with
+            ``nn.Conv2d.forward`` as in the paper's code.  Same parameters and
+            ``state_dict`` either way; ``model.mask_conv.gemm`` switches it later.
 
     Variants:
         ``original``: encoder Conv1d(1, N, L, stride L//2) + ReLU;
         GroupNorm(1, N) + 1x1 conv N -> C; U-ConvBlocks; 1x1 conv C -> N
         (skipped when C == N); a Conv2d with kernel ``(N + 1, 1)`` that mixes
-        the whole basis axis into one mask per source; softmax over sources
+        the whole basis axis into one mask per source (computed as a banded
+        matrix product, see ``mask_gemm``); softmax over sources
         (sigmoid when S == 1); per-source ConvTranspose1d decoder
         (``groups=S``, with bias).
 
@@ -210,6 +218,7 @@ class SuDORMRF(nn.Module):
         upsampling_depth: int = 5,
         variant: str = "original",
         reference_param_parity: bool = True,
+        mask_gemm: bool = True,
     ) -> None:
         super().__init__()
         if variant not in VARIANTS:
@@ -260,10 +269,10 @@ class SuDORMRF(nn.Module):
                 else nn.Identity()
             )
             # Slides an (N + 1)-tap kernel along the basis axis: every mask
-            # entry sees every basis channel of its frame.
-            self.mask_conv = nn.Conv2d(
-                1, num_sources, (enc_channels + 1, 1), padding=(enc_channels // 2, 0)
-            )
+            # entry sees every basis channel of its frame.  An nn.Conv2d
+            # (same parameters and state_dict) that multiplies by the
+            # equivalent banded Toeplitz matrices instead.
+            self.mask_conv = BandedMaskConv(enc_channels, num_sources, gemm=mask_gemm)
             if reference_param_parity:
                 # Present (but never called) in the reference implementation;
                 # kept so counts match the paper, frozen so nothing trains it.
