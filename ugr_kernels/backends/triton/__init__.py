@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 
 import torch
 
@@ -39,6 +40,7 @@ AUTOTUNE = True
 #: inputs) exists only so the GPU benchmark can measure what float64 costs.
 ACCUMULATE_F64 = True
 
+_this = sys.modules[__name__]
 _triton_ok = None
 _kernels = None
 _combine_tuned = None
@@ -128,6 +130,19 @@ def _check(x: torch.Tensor, y: torch.Tensor) -> None:
                            "set TRITON_INTERPRET=1 before importing torch or triton")
 
 
+def launch(kernel, grid, *args, wrap: bool = False, **kwargs) -> None:
+    """Launch ``kernel[grid](*args, **kwargs)`` (through ``wrap_triton`` if ``wrap``).
+
+    Every launch of this backend goes through here, looked up on the module at call
+    time, so ``bench/aot_triton.py`` can swap in a recorder and collect, on fake CUDA
+    tensors, every specialization the launch code requests.
+    """
+    if wrap:
+        from torch.library import wrap_triton
+        kernel = wrap_triton(kernel)
+    kernel[grid](*args, **kwargs)
+
+
 class _device_ctx:
     """Make x's GPU the current device for the launch (Triton uses the current one)."""
 
@@ -173,11 +188,11 @@ def stats(x: torch.Tensor, y: torch.Tensor, zero_mean: bool):
     gpu = x.device.type == "cuda"
     warps = dict(num_warps=STATS_NUM_WARPS) if gpu else {}
     with _device_ctx(x.device):
-        k.stats_tile_kernel[(batch, n_tiles)](
-            x, y, part, length, n_tiles, CX=cx, CY=cy, CXP=cxp, BLOCK_T=tile,
+        _this.launch(
+            k.stats_tile_kernel, (batch, n_tiles), x, y, part, length, n_tiles, CX=cx, CY=cy, CXP=cxp, BLOCK_T=tile,
             ACC_F64=acc64, **warps)
-        k.stats_merge_kernel[(batch,)](
-            part, mx, my, sxy, sxx, syy, length, n_tiles, CX=cx, CY=cy, CXP=cxp, CYP=cyp,
+        _this.launch(
+            k.stats_merge_kernel, (batch,), part, mx, my, sxy, sxx, syy, length, n_tiles, CX=cx, CY=cy, CXP=cxp, CYP=cyp,
             BLOCK_T=tile, CHUNK=chunk, ZERO_MEAN=bool(zero_mean),
             N_TILES_STATIC=0 if gpu else n_tiles,
             **(dict(num_warps=4) if gpu else {}))
@@ -218,11 +233,11 @@ def combine(x, y, mx, my, g, h):
             if _combine_tuned is None:
                 _combine_tuned = k.autotuned_combine(_combine_configs())
             grid = lambda meta: (batch, _cdiv(length, meta["BLOCK_T"]))  # noqa: E731
-            _combine_tuned[grid](*args, CX=cx, CY=cy, CXP=cxp, ACC_F64=acc64)
+            _this.launch(_combine_tuned, grid, *args, CX=cx, CY=cy, CXP=cxp, ACC_F64=acc64)
         else:
             tile = block_t()
-            k.combine_kernel[(batch, _cdiv(length, tile))](
-                *args, CX=cx, CY=cy, CXP=cxp, BLOCK_T=tile, ACC_F64=acc64,
+            _this.launch(
+                k.combine_kernel, (batch, _cdiv(length, tile)), *args, CX=cx, CY=cy, CXP=cxp, BLOCK_T=tile, ACC_F64=acc64,
                 **(dict(num_warps=4) if gpu else {}))
     return out
 
