@@ -238,6 +238,20 @@ def weighted_sisdr_bwd(grad_loss: Tensor, grad_sisdr: Optional[Tensor],
     return backward(grad_loss, grad_sisdr, grad_sisdri, est, ref, perm, coef)
 
 
+def fused_forward(est: Tensor, ref: Tensor, mixture: Optional[Tensor], alpha, bias, mask,
+                  by_source: bool, pit: bool, zero_mean: bool, eps: float,
+                  clamp_db: Optional[float]):
+    """The op with autograd to ``est``, taking a Python-float alpha and ``clamp_db=None``."""
+    if torch.is_grad_enabled() and ref.requires_grad:
+        raise ValueError("the fused Triton weighted SI-SDR differentiates est only; "
+                         "ref requires grad")
+    if not isinstance(alpha, Tensor):
+        alpha = torch.full((), float(alpha), dtype=torch.float64, device=est.device)
+    return weighted_sisdr_fwd(est, ref, mixture, alpha, bias, mask, bool(by_source),
+                              bool(pit), bool(zero_mean), float(eps),
+                              math.inf if clamp_db is None else float(clamp_db))
+
+
 # Autograd by the registry's glue (the same as for the shared ops). Interpreted kernels
 # (CPU tests) cannot be traced: compiled code takes the two passes there.
 register_backend("triton", weighted_sisdr_fwd, weighted_sisdr_bwd, autograd=True,

@@ -247,8 +247,3 @@ def combine_kernel(x_ptr, y_ptr, mx_ptr, my_ptr, g_ptr, h_ptr, out_ptr, T,
     else:
         res = narrow_from_f32(acc.to(tl.float32), out_ptr.dtype.element_ty)
     tl.store(out_ptr + rows, res, mask=m2)
-
-
-def autotuned_combine(configs):
-    """``combine_kernel`` under ``triton.autotune`` (GPU only), keyed on the shape."""
-    return triton.autotune(configs=configs, key=["CX", "CY", "T"])(combine_kernel)
