@@ -114,12 +114,14 @@ def _record(records, kernel, args, kwargs, input_bytes, origin):
             # Triton's runtime specialization: the integer 1 and None become constants,
             # pointers (torch allocations) and integers divisible by 16 get divisibility
             # hints, which decide the vector width of loads and stores.
-            if kind == "constexpr" or (kind in ("i32", "i64") and value == 1):
+            fixed = getattr(param, "do_not_specialize", False)
+            if kind == "constexpr" or (kind in ("i32", "i64") and value == 1 and not fixed):
                 signature[name] = "constexpr"
                 constexprs[name] = value
             else:
                 signature[name] = kind
-                if kind.startswith("*") or (kind in ("i32", "i64") and value % 16 == 0):
+                if kind.startswith("*") or (kind in ("i32", "i64") and value % 16 == 0
+                                            and not fixed):
                     attrs[idx] = 16
         tile = constexprs.get("BLOCK_T")
         records.append(dict(
@@ -194,13 +196,13 @@ def collect(batch: int = 4, length: int = 32000, max_c_fused: int = 6,
                     out = tf.fused_forward(est, ref, mix if has_mix else None, alpha, bias,
                                            mask, by_source, pit, zero_mean, 1e-8,
                                            30.0 if clamp else None)
-                    coef = out[6]
+                    perm, coef = out[4], out[6]
                     state["input_bytes"] = lambda tile, c=c, size=size: tile * 2 * c * size
                     state["origin"] = f"fused bwd {dname} C={c}"
                     g = torch.empty((batch, c), dtype=out[1].dtype, device=dev)
                     gl = torch.empty((), dtype=out[0].dtype, device=dev)
                     for g1, g2 in product((None, g), repeat=2):
-                        tf.weighted_sisdr_bwd(est, ref, coef, gl, g1, g2)
+                        tf.backward(gl, g1, g2, est, ref, perm, coef)
             # ---- two-pass stats and combine ---------------------------------------------
             for c in range(1, max_c_two_pass + 1):
                 est = torch.empty((batch, c, length), dtype=dtype, device=dev)

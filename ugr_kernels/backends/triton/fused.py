@@ -145,10 +145,11 @@ def forward(est: Tensor, ref: Tensor, mixture: Optional[Tensor], alpha: Tensor,
     n_fields = 2 * rows + 2 * n_src + rows * n_src
     pairs = rows * n_src
     n_items = batch * n_src if by_source else batch
-    # float64 scratch: tile partials | per-example pair workspace | item F, L, count
-    n_part = batch * n_tiles * n_fields
-    n_work = batch * fk.WORKSPACE_PER_PAIR * pairs
-    scratch = est.new_empty((n_part + n_work + 2 * n_items + batch,), dtype=torch.float64)
+    # float64 scratch: tile partials, per-example pair workspace, item F, L, count
+    part = est.new_empty((max(1, batch * n_tiles * n_fields),), dtype=torch.float64)
+    work = est.new_empty((max(1, batch * fk.WORKSPACE_PER_PAIR * pairs),),
+                         dtype=torch.float64)
+    item = est.new_empty((2 * n_items + batch + 1,), dtype=torch.float64)
     loss = est.new_empty((), dtype=odt)
     sisdr = est.new_empty((batch, n_src), dtype=odt)
     sisdri = est.new_empty((batch, n_src), dtype=odt)
@@ -158,12 +159,10 @@ def forward(est: Tensor, ref: Tensor, mixture: Optional[Tensor], alpha: Tensor,
     coef = est.new_empty((batch, n_src, COEF_FIELDS), dtype=torch.float64)
     if batch == 0 or _shape_only(est):
         return loss, sisdr, sisdri, weights, perm, valid, coef
-    part = scratch[:n_part] if n_part else scratch
-    work = scratch[n_part:n_part + n_work]
-    item = scratch[n_part + n_work:]
     n_perm = math.factorial(n_src) if pit else 1
     clamp_db = float(clamp_db)
-    tau = 0.0 if math.isinf(clamp_db) and clamp_db > 0 else 10.0 ** (-clamp_db / 10.0)
+    # (-0.0 for no clamp: the same arithmetic as 0, and int64 bits like every other tau)
+    tau = -0.0 if math.isinf(clamp_db) and clamp_db > 0 else 10.0 ** (-clamp_db / 10.0)
     interp = _interpreting()
     with _device_ctx(device):
         # 1. tile pass: float64 tile means and centred (co-)moments
@@ -173,8 +172,8 @@ def forward(est: Tensor, ref: Tensor, mixture: Optional[Tensor], alpha: Tensor,
                    BLOCK_T=tile, wrap=True, **_launch_opts(device, 4))
         # 2. one program per example: merge, SI-SDR matrix, PIT, items, coef 1..9
         _tl.launch(fk.fused_item_kernel, (batch,),
-                   part, work, item, alpha, bias if bias is not None else scratch,
-                   mask if mask is not None else scratch, sisdr, sisdri, perm, valid, coef,
+                   part, work, item, alpha, bias if bias is not None else item,
+                   mask if mask is not None else valid, sisdr, sisdri, perm, valid, coef,
                    batch, length, n_tiles,
                    int(bias is not None), bias.stride(0) if bias is not None else 0,
                    (bias.stride(1) if bias.dim() > 1 else 0) if bias is not None else 0,
@@ -207,8 +206,8 @@ def backward(grad_loss: Tensor, grad_sisdr: Optional[Tensor], grad_sisdri: Optio
     with _device_ctx(est.device):
         _tl.launch(fk.fused_backward_kernel, (batch, n_tiles),
                    est, ref, perm, coef, grad_loss,
-                   grad_sisdr if grad_sisdr is not None else coef,
-                   grad_sisdri if grad_sisdri is not None else coef, out, length,
+                   grad_sisdr if grad_sisdr is not None else grad_loss,
+                   grad_sisdri if grad_sisdri is not None else grad_loss, out, length,
                    int(grad_sisdr is not None),
                    grad_sisdr.stride(0) if grad_sisdr is not None else 0,
                    grad_sisdr.stride(1) if grad_sisdr is not None else 0,

@@ -129,7 +129,12 @@ def fused_tile_kernel(est_ptr, ref_ptr, mix_ptr, part_ptr, T, n_tiles,
         tl.store(pbase + OFF_SXY + ix * C + j, sxy, mask=rmask)
 
 
-@triton.jit
+# Runtime integers that must not specialize the compiled kernel (Triton would compile a
+# variant for the value 1 and for multiples of 16): a new batch size, length, stride
+# or flag then compiles nothing.
+@triton.jit(do_not_specialize=["B", "T", "n_tiles", "has_bias", "bias_sb", "bias_sc",
+                               "has_mask", "mask_sb", "mask_sc", "zero_mean", "eps_bits",
+                               "tau_bits"])
 def fused_item_kernel(
         part_ptr, work_ptr, item_ptr, alpha_ptr, bias_ptr, mask_ptr,
         sisdr_ptr, sisdri_ptr, perm_ptr, valid_ptr, coef_ptr,
@@ -375,7 +380,7 @@ def fused_item_kernel(
     tl.store(cbase + 9, nf_mix, mask=jm)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["B"])
 def fused_normalise_kernel(item_ptr, coef_ptr, weights_ptr, loss_ptr, B,
                            C: tl.constexpr, BY_SOURCE: tl.constexpr, NB: tl.constexpr,
                            N_STATIC: tl.constexpr):
@@ -429,7 +434,8 @@ def fused_normalise_kernel(item_ptr, coef_ptr, weights_ptr, loss_ptr, B,
     tl.store(loss_ptr, loss.to(loss_ptr.dtype.element_ty))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["has_gsdr", "gs_sb", "gs_sc", "has_gsdri", "gi_sb",
+                               "gi_sc"])
 def fused_backward_kernel(est_ptr, ref_ptr, perm_ptr, coef_ptr, gloss_ptr, gsdr_ptr,
                           gsdri_ptr, out_ptr, T, has_gsdr, gs_sb, gs_sc, has_gsdri,
                           gi_sb, gi_sc,
