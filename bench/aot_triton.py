@@ -24,7 +24,9 @@ T-tile without loops (tile, backward, stats tile, combine); '-' elsewhere.
 
 Usage::
 
-    python bench/aot_triton.py                 # every arch, table on stdout, fail on spill
+    python bench/aot_triton.py                 # everything, table on stdout, fail on spill
+    python bench/aot_triton.py --two-pass-dtypes float32 bfloat16 --two-pass-archs 90
+                                               # CI: the fused path in full, two-pass sampled
     python bench/aot_triton.py --json out.json --markdown table.md
     python bench/aot_triton.py --budget 0.6    # also fail where the fp64 budget is missed
 
@@ -162,7 +164,7 @@ def _patched_launch(records, state):
 
 
 def collect(batch: int = 4, length: int = 32000, max_c_fused: int = 6,
-            max_c_two_pass: int = 16):
+            max_c_two_pass: int = 16, dtypes=DTYPES, two_pass_dtypes=DTYPES):
     """Every launch the Triton launch code requests over the request space."""
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -174,7 +176,7 @@ def collect(batch: int = 4, length: int = 32000, max_c_fused: int = 6,
     state: dict = {}
     dev = "cuda"
     with _patched_launch(records, state), FakeTensorMode(allow_non_fake_inputs=True):
-        for dname in DTYPES:
+        for dname in dtypes:
             dtype = getattr(torch, dname)
             size = torch.empty((), dtype=dtype).element_size()
             # ---- fused forward and backward -------------------------------------------
@@ -204,7 +206,7 @@ def collect(batch: int = 4, length: int = 32000, max_c_fused: int = 6,
                     for g1, g2 in product((None, g), repeat=2):
                         tf.backward(gl, g1, g2, est, ref, perm, coef)
             # ---- two-pass stats and combine ---------------------------------------------
-            for c in range(1, max_c_two_pass + 1):
+            for c in range(1, max_c_two_pass + 1 if dname in two_pass_dtypes else 1):
                 est = torch.empty((batch, c, length), dtype=dtype, device=dev)
                 ref = torch.empty((batch, c, length), dtype=dtype, device=dev)
                 mix = torch.empty((batch, 1, length), dtype=dtype, device=dev)
@@ -332,11 +334,14 @@ def _spec_label(spec):
 
 
 def run(args):
-    records = collect(max_c_fused=args.max_c_fused, max_c_two_pass=args.max_c_two_pass)
+    records = collect(max_c_fused=args.max_c_fused, max_c_two_pass=args.max_c_two_pass,
+                      dtypes=args.dtypes, two_pass_dtypes=args.two_pass_dtypes)
     specs = dedupe(records)
     if args.kernels:
         specs = [s for s in specs if s["kernel"] in args.kernels]
-    jobs = [(dict(s, origins=sorted(s["origins"])), arch) for s in specs for arch in args.archs]
+    two_pass = ("stats_tile_kernel", "stats_merge_kernel", "combine_kernel")
+    jobs = [(dict(s, origins=sorted(s["origins"])), arch) for s in specs for arch in args.archs
+            if s["kernel"] not in two_pass or arch in args.two_pass_archs]
     print(f"{len(records)} launches requested, {len(specs)} distinct specializations, "
           f"{len(jobs)} compiles", file=sys.stderr)
     t0 = time.time()
@@ -408,6 +413,11 @@ def main(argv=None):
     ap.add_argument("--archs", type=int, nargs="+", default=list(ARCHS))
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--kernels", nargs="*", help="only these kernel names")
+    ap.add_argument("--dtypes", nargs="+", default=list(DTYPES))
+    ap.add_argument("--two-pass-dtypes", nargs="+", default=list(DTYPES),
+                    help="input dtypes collected for the two-pass kernels")
+    ap.add_argument("--two-pass-archs", type=int, nargs="+", default=list(ARCHS),
+                    help="archs the two-pass kernels are compiled for")
     ap.add_argument("--max-c-fused", type=int, default=6)
     ap.add_argument("--max-c-two-pass", type=int, default=16)
     ap.add_argument("--json", help="write every row here")
