@@ -4,6 +4,7 @@ Every fast backend is checked against float64 oracles: the textbook reference
 backend (``backend="reference"``) or a closed form. Triton runs through the
 interpreter on CPU tensors (``conftest.py``).
 """
+import contextlib
 import math
 import os
 import subprocess
@@ -87,6 +88,29 @@ def test_float32_extreme_amplitudes(backend, amplitude):
     assert torch.allclose(got.sisdr.double(), want.sisdr, atol=tol)
     if amplitude > 1e-38:
         assert torch.allclose(got.sisdr.double(), base, atol=tol)
+
+
+# ----------------------------------------------------------------- 7b: bf16 denormals
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("amplitude", [1e-39, 1e-41])
+def test_bfloat16_denormal_inputs_match_the_oracle(backend, fused, amplitude):
+    # bf16 shares fp32's exponent range: 1e-39 and 1e-41 are bf16 subnormals (Triton's
+    # interpreter used to renormalise them into garbage: -10.6 dB instead of -1.08).
+    est, ref, mix = _signals(t=200)
+    est = (est.double() * amplitude).to(torch.bfloat16)
+    ref = (ref.double() * amplitude).to(torch.bfloat16)
+    mix = (mix.double() * amplitude).to(torch.bfloat16)
+    assert bool((est.float().abs() < torch.finfo(torch.float32).tiny).all())
+    want = uk.weighted_sisdr(est.double(), ref.double(), mixture=mix.double(), alpha=0.5,
+                             backend="reference")
+    leaf = est.clone().requires_grad_(True)
+    with contextlib.nullcontext() if fused else uk.fused.disabled():
+        got = uk.weighted_sisdr(leaf, ref, mixture=mix, alpha=0.5, backend=backend)
+    assert torch.allclose(got.sisdr.double(), want.sisdr, atol=0.01), (got.sisdr, want.sisdr)
+    assert torch.allclose(got.sisdri.double(), want.sisdri, atol=0.01)
+    got.loss.backward()
+    assert bool(torch.isfinite(leaf.grad.float()).all())
 
 
 # ----------------------------------------------------------------- 2: non-finite alpha / bias

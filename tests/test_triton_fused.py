@@ -327,8 +327,7 @@ def test_opcheck():
     alpha = torch.tensor(0.3, dtype=F64, device=DEVICE)
     bias = torch.tensor([[0.0, 0.5], [1.0, -1.0]], dtype=F64, device=DEVICE)
     mask = torch.tensor([[True, True], [False, True]], device=DEVICE)
-    table = uk.permutation_table(2, est.device)
-    args = (est.requires_grad_(True), ref, mix, alpha, bias, mask, table, True, True, 1e-12,
+    args = (est.requires_grad_(True), ref, mix, alpha, bias, mask, True, True, True, 1e-12,
             math.inf)
     # aot_dispatch traces into the kernels, which needs compiled (GPU) Triton.
     utils = ("test_schema", "test_autograd_registration", "test_faketensor")
@@ -337,11 +336,11 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.ugr.triton_weighted_sisdr_fwd.default, args,
                           test_utils=utils)
     got = fused.fused_forward(est, ref, mix, alpha, bias, mask, True, True, True, 1e-12, None)
-    coef = got[6].detach()
+    perm, coef = got[4].detach(), got[6].detach()
     g = torch.tensor(1.0, device=DEVICE)
     gs = torch.ones(2, 2, device=DEVICE)
     torch.library.opcheck(torch.ops.ugr.triton_weighted_sisdr_bwd.default,
-                          (est.detach(), ref, coef, g, gs, None),
+                          (g, gs, None, est.detach(), ref, perm, coef),
                           test_utils=utils[:1] + utils[2:])
 
 
@@ -422,3 +421,101 @@ def test_cuda_graph_capture():                                # pragma: no cover
     fresh = step()
     assert torch.equal(captured[0], fresh[0]) and torch.equal(captured[1], fresh[1])
     assert not torch.equal(captured[0], want[0])
+
+
+# ---- the shared op contract: forward / backward against the C++ CPU op -------------------
+def _cpu_op_available():
+    return torch._C._dispatch_has_kernel_for_dispatch_key("ugr::weighted_sisdr_fwd", "CPU")
+
+
+def _contract_case(name, dtype):
+    g = torch.Generator().manual_seed(31)
+    b, c, t = 3, 3, 2 * BLOCK + 5
+    ref = torch.randn(b, c, t, generator=g, dtype=F64)
+    est = ref.roll(1, dims=1) + 0.5 * torch.randn(b, c, t, generator=g, dtype=F64)
+    mix = ref.sum(1) + 0.1 * torch.randn(b, t, generator=g, dtype=F64)
+    if name == "silent":
+        est[0, 1] = 0.0
+        ref[1, 2] = 0.0
+    elif name == "identical":
+        est = ref.clone()
+    elif name == "tiny":
+        est, ref, mix = est * 1e-30, ref * 1e-30, mix * 1e-30
+    elif name == "huge":
+        est, ref, mix = est * 1e30, ref * 1e30, mix * 1e30
+    elif name == "denormal":
+        scale = 1e-310 if dtype == F64 else 1e-40
+        est, ref, mix = est * scale, ref * scale, mix * scale
+    elif name == "dc":
+        est, ref, mix = est + 1e4, ref + 1e4, mix + 1e4
+    elif name == "db90":
+        est = ref + 10 ** (-90 / 20) * torch.randn(b, c, t, generator=g, dtype=F64)
+    elif name == "nan":
+        est[1, 0, 3] = math.nan
+    elif name == "t2":
+        est, ref, mix = est[..., :2], ref[..., :2], mix[..., :2]
+    elif name == "t1":
+        est, ref, mix = est[..., :1], ref[..., :1], mix[..., :1]
+    return tuple(v.to(dtype).contiguous() for v in (est, ref, mix))
+
+
+CONTRACT_CASES = ["random", "silent", "identical", "tiny", "huge", "denormal", "dc", "db90",
+                  "nan", "t2", "t1"]
+
+
+@pytest.mark.skipif(not INTERPRETED, reason="compares CPU tensors under the interpreter")
+@pytest.mark.parametrize("dtype", [F64, torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", CONTRACT_CASES)
+def test_forward_backward_match_the_cpu_op(case, dtype):
+    """Element for element the outputs and coef (B, C, 10) of ``ugr::weighted_sisdr_fwd``."""
+    if not _cpu_op_available():
+        pytest.skip("the C++ extension (CPU kernel of ugr::weighted_sisdr_fwd) is not built")
+    if dtype in (torch.float16, torch.bfloat16) and case in ("tiny", "huge", "identical",
+                                                            "t1", "nan"):
+        pytest.skip("outside the 16-bit range, or covered by the float32/64 cases")
+    est, ref, mix = _contract_case(case, dtype)
+    b, c = est.shape[:2]
+    alpha = torch.tensor(0.7, dtype=F64)
+    flags = [(True, True, True, False), (False, True, False, True), (True, False, True, True),
+             (False, False, True, False)]
+    if dtype != F64:
+        flags = flags[:2]
+    for by_source, pit, zero_mean, with_mix in flags:
+        items = (b, c) if by_source else (b,)
+        bias = torch.linspace(-1, 1, math.prod(items), dtype=F64).view(items)
+        mask = (torch.arange(math.prod(items)) % 4 != 3).view(items)
+        args = (est, ref, mix if with_mix else None, alpha, bias, mask, by_source, pit,
+                zero_mean, 1e-8, 30.0 if by_source else math.inf)
+        want = torch.ops.ugr.weighted_sisdr_fwd(*args)
+        got = fused.forward(*args)
+        for field, g_, w_ in zip(("loss", "sisdr", "sisdri", "weights", "perm", "valid",
+                                  "coef"), got, want):
+            assert g_.dtype == w_.dtype and g_.shape == w_.shape, field
+            if field in ("perm", "valid"):
+                assert torch.equal(g_, w_), field
+            elif field == "coef":
+                # gates and non-finite flags exactly; the rest to rounding (merge order)
+                assert torch.equal(g_[..., 5:], w_[..., 5:]), (case, g_, w_)
+                # (w, a, c carry the conditioning 1 / (1 - rho^2) of SI-SDR: ~1e9 at 90 dB)
+                rtol = 1e-5 if case in ("db90", "identical") else 1e-7
+                for f in range(5):
+                    scale = float(w_[..., f].nan_to_num(0.0).abs().max())
+                    torch.testing.assert_close(g_[..., f], w_[..., f], rtol=rtol,
+                                               atol=1e-9 * scale, equal_nan=True)
+            else:
+                torch.testing.assert_close(g_, w_, rtol=1e-6, atol=1e-6, equal_nan=True)
+        gl = torch.tensor(1.3, dtype=got[0].dtype)
+        gs = torch.linspace(-1, 1, b * c, dtype=got[1].dtype).view(b, c)
+        for grads in ((None, None), (gs, 2 * gs)):
+            d_want = torch.ops.ugr.weighted_sisdr_bwd(gl, *grads, est, ref, want[4], want[6])
+            d_got = fused.backward(gl, *grads, est, ref, want[4], want[6])
+            # The same formula in float64, rounded once to the dtype (the CPU op may
+            # contract to FMA): equal to rounding of the two terms s a (y - my) and
+            # s c (x - mx), which cancel where the estimate is near perfect.
+            ulp = torch.finfo(dtype).eps
+            cf = want[6].nan_to_num(0.0)
+            s_max = 1.3 * cf[..., 0].abs().max() + 2 * 2.0
+            terms = s_max * (cf[..., 1].abs().max() * ref.double().nan_to_num(0.0).abs().max()
+                             + cf[..., 2].abs().max() * est.double().nan_to_num(0.0).abs().max())
+            torch.testing.assert_close(d_got.double(), d_want.double(), rtol=2 * ulp,
+                                       atol=8 * ulp * float(terms) + 1e-300, equal_nan=True)

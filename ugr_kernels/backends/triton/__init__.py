@@ -11,37 +11,42 @@ both are safe under CUDA-graph capture and run as opaque custom ops under
 Tile size: ``BLOCK_T`` below (or the environment variable ``UGR_TRITON_BLOCK_T``,
 read at each call) overrides the default, 1024. It must be a power of two; tests
 use small tiles to exercise the tile merge cheaply under the interpreter. On a GPU
-the stats kernel runs with a fixed tile per launch (its partials depend on it) and
-the combine kernel is autotuned over tile size and warps (its output is bitwise
-independent of the configuration); autotuning benchmarks, and so synchronises,
-on the first call for a new (Cx, Cy, T), so while a CUDA graph is being captured
-a fixed configuration is launched instead (warm up before capturing). On CPU
-tensors the kernels run through the Triton interpreter, which needs
-``TRITON_INTERPRET=1`` set before triton is first imported (torch imports it).
+both T-sized kernels hold a [CX padded to a power of two, tile] float64 block in
+registers, so the tile is capped at ``TILE_ELEMENTS`` / CXP (1024 up to 4 rows, 256
+at 16): no spill for any C (``bench/aot_triton.py`` checks every specialization).
+Every launch uses a fixed configuration chosen from (CX, CY, dtype) alone: no
+autotuning, no per-length compile, nothing that syncs or loads a module inside a
+step, so both passes are safe under CUDA-graph capture (once compiled) and run as
+opaque custom ops under ``torch.compile``. On CPU tensors the kernels run through
+the Triton interpreter, which needs ``TRITON_INTERPRET=1`` set before triton is
+first imported (torch imports it).
 """
 from __future__ import annotations
 
 import importlib
 import os
+import sys
 
 import torch
 
 #: Override of the T-tile of both kernels (a power of two); None: the default.
 BLOCK_T = None
 _DEFAULT_BLOCK_T = 1024
-#: Warps of the stats tile kernel on a GPU (the merge kernel uses 4).
+#: Warps of the stats tile and combine kernels on a GPU (the merge kernel uses 4).
 STATS_NUM_WARPS = 4
-#: Autotuning of the combine kernel on a GPU (set False for a fixed config).
-AUTOTUNE = True
+#: Elements of one [CXP, tile] float64 block held in registers (4 warps: 32 per thread).
+TILE_ELEMENTS = 4096
+#: Tiles merged per step by the merge kernel (fixed: a new length compiles nothing).
+MERGE_CHUNK = 32
 #: Accumulate both passes in float64 for every input dtype. fp32 tile sums put
 #: SI-SDR off above ~50 dB (90 dB read 120), overflow at 1e30 and flush 1e-30 to
 #: zero; fp32 coefficients overflow at small amplitudes. False (fp32 for 16/32-bit
 #: inputs) exists only so the GPU benchmark can measure what float64 costs.
 ACCUMULATE_F64 = True
 
+_this = sys.modules[__name__]
 _triton_ok = None
 _kernels = None
-_combine_tuned = None
 
 
 def _triton_importable() -> bool:
@@ -95,8 +100,9 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
 
-def block_t() -> int:
-    """The T-tile in use: ``BLOCK_T``, else ``$UGR_TRITON_BLOCK_T``, else 1024."""
+def block_t(cxp: int = 1) -> int:
+    """The T-tile for a [cxp, tile] block: ``BLOCK_T``, else ``$UGR_TRITON_BLOCK_T``, else
+    1024, capped at ``TILE_ELEMENTS // cxp`` (registers) but never below 16."""
     value = BLOCK_T
     if value is None:
         env = os.environ.get("UGR_TRITON_BLOCK_T")
@@ -104,7 +110,7 @@ def block_t() -> int:
     value = int(value)
     if value < 16 or value & (value - 1):
         raise ValueError(f"the Triton T-tile must be a power of two >= 16, got {value}")
-    return value
+    return max(16, min(value, TILE_ELEMENTS // _next_pow2(cxp)))
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -126,6 +132,19 @@ def _check(x: torch.Tensor, y: torch.Tensor) -> None:
     if x.device.type == "cpu" and not _interpreting():
         raise RuntimeError("the Triton backend runs CPU tensors only through the interpreter: "
                            "set TRITON_INTERPRET=1 before importing torch or triton")
+
+
+def launch(kernel, grid, *args, wrap: bool = False, **kwargs) -> None:
+    """Launch ``kernel[grid](*args, **kwargs)`` (through ``wrap_triton`` if ``wrap``).
+
+    Every launch of this backend goes through here, looked up on the module at call
+    time, so ``bench/aot_triton.py`` can swap in a recorder and collect, on fake CUDA
+    tensors, every specialization the launch code requests.
+    """
+    if wrap:
+        from torch.library import wrap_triton
+        kernel = wrap_triton(kernel)
+    kernel[grid](*args, **kwargs)
 
 
 class _device_ctx:
@@ -153,7 +172,8 @@ def stats(x: torch.Tensor, y: torch.Tensor, zero_mean: bool):
     batch, cx, length = x.shape
     cy = y.shape[1]
     acc64 = ACCUMULATE_F64 or x.dtype == torch.float64
-    tile = block_t()
+    cxp, cyp = _next_pow2(cx), _next_pow2(cy)
+    tile = block_t(cxp)
     n_tiles = _cdiv(length, tile)
     if n_tiles > _MAX_GRID_Y:
         raise ValueError(f"T = {length} needs {n_tiles} tiles of {tile} samples (at most "
@@ -168,31 +188,21 @@ def stats(x: torch.Tensor, y: torch.Tensor, zero_mean: bool):
     syy = torch.empty((batch, cy), **f64)
     if batch == 0:
         return mx, my, sxy, sxx, syy
-    cxp, cyp = _next_pow2(cx), _next_pow2(cy)
-    chunk = max(2, min(128, _next_pow2(n_tiles)))
     gpu = x.device.type == "cuda"
     warps = dict(num_warps=STATS_NUM_WARPS) if gpu else {}
     with _device_ctx(x.device):
-        k.stats_tile_kernel[(batch, n_tiles)](
-            x, y, part, length, n_tiles, CX=cx, CY=cy, CXP=cxp, BLOCK_T=tile,
-            ACC_F64=acc64, **warps)
-        k.stats_merge_kernel[(batch,)](
-            part, mx, my, sxy, sxx, syy, length, n_tiles, CX=cx, CY=cy, CXP=cxp, CYP=cyp,
-            BLOCK_T=tile, CHUNK=chunk, ZERO_MEAN=bool(zero_mean),
-            N_TILES_STATIC=0 if gpu else n_tiles,
-            **(dict(num_warps=4) if gpu else {}))
+        _this.launch(k.stats_tile_kernel, (batch, n_tiles), x, y, part, length, n_tiles,
+                     CX=cx, CY=cy, CXP=cxp, BLOCK_T=tile, ACC_F64=acc64, **warps)
+        _this.launch(k.stats_merge_kernel, (batch,), part, mx, my, sxy, sxx, syy, length,
+                     n_tiles, CX=cx, CY=cy, CXP=cxp, CYP=cyp, BLOCK_T=tile,
+                     CHUNK=MERGE_CHUNK, ZERO_MEAN=bool(zero_mean),
+                     N_TILES_STATIC=0 if gpu else n_tiles,
+                     **(dict(num_warps=4) if gpu else {}))
     return mx, my, sxy, sxx, syy
-
-
-def _combine_configs():
-    import triton
-    return [triton.Config({"BLOCK_T": bt}, num_warps=w)
-            for bt, w in ((1024, 4), (2048, 4), (2048, 8), (4096, 8))]
 
 
 def combine(x, y, mx, my, g, h):
     _check(x, y)
-    global _combine_tuned
     k = _get_kernels()
     x, y = x.contiguous(), y.contiguous()
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
@@ -207,22 +217,12 @@ def combine(x, y, mx, my, g, h):
         return out
     acc64 = ACCUMULATE_F64 or x.dtype == torch.float64
     cxp = _next_pow2(cx)
-    args = (x, y, mx, my, g, h, out, length)
+    # One fixed configuration per (CX, CY, dtype): the output is the same to the bit
+    # whatever the tile, and nothing is benchmarked (no sync, capture-safe).
+    tile = block_t(cxp)
     gpu = x.device.type == "cuda"
-    # Autotuning benchmarks (and synchronises), which a CUDA-graph capture forbids:
-    # while capturing, or with a tile forced by the user, run a fixed config. The
-    # output is the same to the bit either way.
-    forced = BLOCK_T is not None or os.environ.get("UGR_TRITON_BLOCK_T")
     with _device_ctx(x.device):
-        if gpu and AUTOTUNE and not forced and not torch.cuda.is_current_stream_capturing():
-            if _combine_tuned is None:
-                _combine_tuned = k.autotuned_combine(_combine_configs())
-            grid = lambda meta: (batch, _cdiv(length, meta["BLOCK_T"]))  # noqa: E731
-            _combine_tuned[grid](*args, CX=cx, CY=cy, CXP=cxp, ACC_F64=acc64)
-        else:
-            tile = block_t()
-            k.combine_kernel[(batch, _cdiv(length, tile))](
-                *args, CX=cx, CY=cy, CXP=cxp, BLOCK_T=tile, ACC_F64=acc64,
-                **(dict(num_warps=4) if gpu else {}))
+        _this.launch(k.combine_kernel, (batch, _cdiv(length, tile)),
+                     x, y, mx, my, g, h, out, length, CX=cx, CY=cy, CXP=cxp, BLOCK_T=tile,
+                     ACC_F64=acc64, **(dict(num_warps=STATS_NUM_WARPS) if gpu else {}))
     return out
-

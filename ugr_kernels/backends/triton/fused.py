@@ -1,50 +1,57 @@
 """Fused weighted PIT SI-SDR(i) on Triton: launch code and ``torch.library`` registration.
 
-``fused_forward(est, ref, mixture, alpha, bias, mask, by_source, pit, zero_mean, eps,
-clamp_db)`` returns ``(loss, sisdr, sisdri, weights, perm, valid, coef)`` with autograd
-to ``est`` wired through two ``torch.library.triton_op`` ops:
+Two plain functions with the argument order and outputs of the shared op schema
+(``ugr::weighted_sisdr_fwd/_bwd``, documented at the top of ``ugr_kernels/fused.py``;
+coef (B, C, 10) float64 per reference j, the same fields as the C++ CPU op):
 
-``ugr::triton_weighted_sisdr_fwd``
-    two launches: the tile pass (grid (B, n_tiles), float64 partials) and the
-    single-program epilogue (merge, SI-SDR, PIT, masks, softmax pmf over the whole
-    batch, loss, backward coefficients); see ``fused_kernels.py``.
-``ugr::triton_weighted_sisdr_bwd``
-    one launch (grid (B, n_tiles)) writing d est from ``coef`` and the incoming
-    gradients, which stay device tensors (no host sync, CUDA-graph capturable).
+``forward(est, ref, mixture, alpha, bias, mask, by_source, pit, zero_mean, eps, clamp_db)``
+    -> (loss, sisdr, sisdri, weights, perm, valid, coef), three launches
+    (``fused_kernels.py``): the tile pass (grid (B, n_tiles)), the per-example item
+    kernel (grid (B,)) and the batch-wide normaliser (grid (1,), over B C scalars).
+``backward(grad_loss, grad_sisdr, grad_sisdri, est, ref, perm, coef) -> grad_est``
+    one launch (grid (B, n_tiles)).
 
-``triton_op`` + ``wrap_triton`` let ``torch.compile`` see the kernels; the op body
-only allocates and launches, so it is its own fake implementation.
+Four launches per forward + backward, no host sync, no atomics, no per-length
+autotuning: capturable in a CUDA graph. Every constexpr depends on C, the dtypes and
+the flags only (never on B or T), so a new batch size or length compiles nothing.
 
-Semantics are those of ``weighted_sisdr(..., score_fn=None, process_group=None)``;
-``coef`` is (B, C, 11) float64 indexed by *estimate* k, fields
-``j, w, v1, v0, a, c, mx_k, my_j, nf_est, nf_ref, nf_mix`` (``fused_kernels`` explains
-each; ``FINITE_FLAGS`` are the last three). The T-tile is
-``BLOCK_T`` here, else ``$UGR_TRITON_BLOCK_T``, else 1024 (512 above 3 sources plus
-mixture, to bound the float64 registers of a tile).
+They are registered as ``torch.library.triton_op`` ops with that schema
+(``ugr::triton_weighted_sisdr_fwd/_bwd``) and in ``ugr_kernels.fused``'s registry with
+its autograd glue; ``triton_op`` + ``wrap_triton`` let ``torch.compile`` see the kernels.
+
+The T-tile is ``BLOCK_T`` here, else ``$UGR_TRITON_BLOCK_T``, else 1024 (512 above 3
+sources plus mixture, to bound the float64 registers of a tile).
 """
 from __future__ import annotations
 
 import math
 import os
 import struct
-from typing import Optional, Union
+from typing import Optional
 
 import torch
 from torch import Tensor
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
-from ...fused import register_backend
+from ...fused import COEF_WIDTH, register_backend
 from . import _cdiv, _device_ctx, _interpreting
+from . import _this as _tl
 from . import fused_kernels as fk
 
 #: Override of the T-tile (a power of two >= 16); None: ``$UGR_TRITON_BLOCK_T`` or default.
 BLOCK_T = None
 COEF_FIELDS = fk.COEF_FIELDS
+assert COEF_FIELDS == COEF_WIDTH
 #: coef slots flagging non-finite est, ref, mixture rows (read by ``check_finite``).
-FINITE_FLAGS = slice(8, 11)
+FINITE_FLAGS = slice(7, 10)
 _MAX_GRID_Y = 65535
-#: Elements of one float64 working tile of the epilogue (registers per field).
-_EPILOGUE_TILE = 2048
+#: Tiles merged per step by the item kernel (a fixed constexpr: no per-length compile).
+_MERGE_TILES = 32
+#: Lanes of the normaliser's sweeps over the B C item scores.
+_NORM_LANES = 1024
+#: Permutations scored per step by PIT (<= 720 = 6!).
+_PIT_BLOCK = 128
+_MAX_PIT_SOURCES = 6
 
 
 def _pow2(n: int, lo: int = 2) -> int:
@@ -91,170 +98,160 @@ def _shape_only(t: Tensor) -> bool:
     return isinstance(t, FakeTensor) or t.device.type == "meta"
 
 
-@triton_op("ugr::triton_weighted_sisdr_fwd", mutates_args=())
-def weighted_sisdr_fwd(est: Tensor, ref: Tensor, mixture: Optional[Tensor], alpha: Tensor,
-                       bias: Optional[Tensor], mask: Optional[Tensor],
-                       perm_table: Optional[Tensor], by_source: bool, zero_mean: bool,
-                       eps: float, clamp_db: float
-                       ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """(loss, sisdr, sisdri, weights, perm, valid, coef); PIT over ``perm_table`` rows if given."""
+def _item_arg(t: Optional[Tensor], items: tuple, dtype, name: str, device) -> Optional[Tensor]:
+    if t is None:
+        return None
+    if t.device != device:
+        # A hidden blocking copy inside a step (and a capture error) otherwise.
+        raise ValueError(f"{name} is on {t.device} but est is on {device}: move it to est's "
+                         "device first (once, outside the step)")
+    if t.dtype != dtype or tuple(t.shape) != items:
+        t = t.to(dtype).expand(items)
+    return t
+
+
+def forward(est: Tensor, ref: Tensor, mixture: Optional[Tensor], alpha: Tensor,
+            bias: Optional[Tensor], mask: Optional[Tensor], by_source: bool, pit: bool,
+            zero_mean: bool, eps: float, clamp_db: float):
+    """``ugr::weighted_sisdr_fwd`` on Triton: (loss, sisdr, sisdri, weights, perm, valid, coef).
+
+    Args (the shared schema): est, ref (B, C, T) of one float dtype; mixture (B, T) or
+    (B, 1, T) or None; alpha a 0-d tensor on est's device; bias / mask of the item
+    shape ((B, C) for ``by_source``, else (B,)) or None, on est's device; ``pit``:
+    exhaustive PIT (C <= 6); ``clamp_db`` = inf for no clamp. Float outputs float64
+    for float64 inputs, else float32; coef (B, C, 10) float64 per reference.
+    """
     batch, n_src, length = est.shape
+    device = est.device
+    if alpha.device != device:
+        raise ValueError(f"alpha is on {alpha.device} but est is on {device}: pass a 0-d "
+                         "tensor on est's device")
+    if pit and n_src > _MAX_PIT_SOURCES:
+        raise ValueError(f"exhaustive PIT serves C <= {_MAX_PIT_SOURCES}, got C = {n_src}")
+    items = (batch, n_src) if by_source else (batch,)
+    bias = _item_arg(bias, items, torch.float64, "bias", device)
+    mask = _item_arg(mask, items, torch.bool, "mask", device)
+    est, ref = est.contiguous(), ref.contiguous()
     has_mix = mixture is not None
+    if has_mix:
+        mixture = mixture.to(est.dtype).reshape(batch, length).contiguous()
     rows = n_src + int(has_mix)
     tile = block_t(rows)
     n_tiles = _cdiv(length, tile)
     if n_tiles > _MAX_GRID_Y:
         raise ValueError(f"T = {length} needs {n_tiles} tiles of {tile} samples (at most "
                          f"{_MAX_GRID_Y}); set a larger Triton T-tile (UGR_TRITON_BLOCK_T)")
-    out_f64 = est.dtype == torch.float64
-    odt = torch.float64 if out_f64 else torch.float32
+    odt = torch.float64 if est.dtype == torch.float64 else torch.float32
     n_fields = 2 * rows + 2 * n_src + rows * n_src
     pairs = rows * n_src
-    work = fk.WORKSPACE_PER_PAIR * pairs + 2 * n_src + 1
-    part = est.new_empty((batch * n_tiles * n_fields + batch * work,), dtype=torch.float64)
+    n_items = batch * n_src if by_source else batch
+    # float64 scratch: tile partials, per-example pair workspace, item F, L, count
+    part = est.new_empty((max(1, batch * n_tiles * n_fields),), dtype=torch.float64)
+    work = est.new_empty((max(1, batch * fk.WORKSPACE_PER_PAIR * pairs),),
+                         dtype=torch.float64)
+    item = est.new_empty((2 * n_items + batch + 1,), dtype=torch.float64)
     loss = est.new_empty((), dtype=odt)
     sisdr = est.new_empty((batch, n_src), dtype=odt)
     sisdri = est.new_empty((batch, n_src), dtype=odt)
-    weights = est.new_empty((batch, n_src) if by_source else (batch,), dtype=odt)
+    weights = est.new_empty(items, dtype=odt)
     perm = est.new_empty((batch, n_src), dtype=torch.int64)
     valid = est.new_empty((batch, n_src), dtype=torch.bool)
     coef = est.new_empty((batch, n_src, COEF_FIELDS), dtype=torch.float64)
-
-    pit = perm_table is not None
-    n_perm = math.factorial(n_src) if pit else 1
-    qp = _pow2(pairs)
-    tc = min(_pow2(n_tiles), 32)
-    bb = max(2, min(_pow2(batch), _EPILOGUE_TILE // (qp * tc)))
-    pb = min(_pow2(n_perm), max(2, _EPILOGUE_TILE // bb))
-    tau = 0.0 if math.isinf(clamp_db) and clamp_db > 0 else 10.0 ** (-clamp_db / 10.0)
-    interp = _interpreting()
-    if _shape_only(est):
+    if batch == 0 or _shape_only(est):
         return loss, sisdr, sisdri, weights, perm, valid, coef
-    dummy = part
-    with _device_ctx(est.device):
-        wrap_triton(fk.fused_tile_kernel)[(batch, n_tiles)](
-            est, ref, mixture if has_mix else est, part, length, n_tiles,
-            C=n_src, CEP=_pow2(rows), HAS_MIX=has_mix, IN_F64=out_f64, BLOCK_T=tile,
-            **_launch_opts(est.device, 4))
-        wrap_triton(fk.fused_epilogue_kernel)[(1,)](
-            part, alpha, bias if bias is not None else dummy,
-            mask if mask is not None else dummy, perm_table if pit else dummy,
-            loss, sisdr, sisdri, weights, perm, valid, coef,
-            batch, length, n_tiles,
-            bias.stride(0) if bias is not None else 0,
-            (bias.stride(1) if bias.dim() > 1 else 0) if bias is not None else 0,
-            mask.stride(0) if mask is not None else 0,
-            (mask.stride(1) if mask.dim() > 1 else 0) if mask is not None else 0,
-            _f64_bits(eps), _f64_bits(tau),
-            C=n_src, CP=_pow2(n_src), HAS_MIX=has_mix, QP=qp, HAS_BIAS=bias is not None,
-            HAS_MASK=mask is not None, PIT=pit, N_PERM=n_perm, PB=pb, BY_SOURCE=by_source,
-            ZERO_MEAN=zero_mean, OUT_F64=out_f64, BLOCK_T=tile, BB=bb, TC=tc,
-            B_STATIC=batch if interp else 0, NT_STATIC=n_tiles if interp else 0,
-            **_launch_opts(est.device, 8))
+    n_perm = math.factorial(n_src) if pit else 1
+    clamp_db = float(clamp_db)
+    # (-0.0 for no clamp: the same arithmetic as 0, and int64 bits like every other tau)
+    tau = -0.0 if math.isinf(clamp_db) and clamp_db > 0 else 10.0 ** (-clamp_db / 10.0)
+    interp = _interpreting()
+    with _device_ctx(device):
+        # 1. tile pass: float64 tile means and centred (co-)moments
+        _tl.launch(fk.fused_tile_kernel, (batch, n_tiles),
+                   est, ref, mixture if has_mix else est, part, length, n_tiles,
+                   C=n_src, CEP=_pow2(rows), HAS_MIX=has_mix, IN_F64=odt == torch.float64,
+                   BLOCK_T=tile, wrap=True, **_launch_opts(device, 4))
+        # 2. one program per example: merge, SI-SDR matrix, PIT, items, coef 1..9
+        _tl.launch(fk.fused_item_kernel, (batch,),
+                   part, work, item, alpha, bias if bias is not None else item,
+                   mask if mask is not None else valid, sisdr, sisdri, perm, valid, coef,
+                   batch, length, n_tiles,
+                   int(bias is not None), bias.stride(0) if bias is not None else 0,
+                   (bias.stride(1) if bias.dim() > 1 else 0) if bias is not None else 0,
+                   int(mask is not None), mask.stride(0) if mask is not None else 0,
+                   (mask.stride(1) if mask.dim() > 1 else 0) if mask is not None else 0,
+                   int(bool(zero_mean)), _f64_bits(eps), _f64_bits(tau),
+                   C=n_src, CP=_pow2(n_src), HAS_MIX=has_mix, QP=_pow2(pairs),
+                   PIT=bool(pit) and n_src > 1, N_PERM=n_perm,
+                   PB=min(_pow2(n_perm), _PIT_BLOCK), BY_SOURCE=bool(by_source),
+                   BLOCK_T=tile, TC=_MERGE_TILES, NT_STATIC=n_tiles if interp else 0,
+                   wrap=True, **_launch_opts(device, 4))
+        # 3. the batch-wide softmax over the item scores: weights, loss, coef w
+        _tl.launch(fk.fused_normalise_kernel, (1,), item, coef, weights, loss, batch,
+                   C=n_src, BY_SOURCE=bool(by_source), NB=_NORM_LANES,
+                   N_STATIC=n_items if interp else 0, wrap=True, **_launch_opts(device, 4))
     return loss, sisdr, sisdri, weights, perm, valid, coef
 
 
-@triton_op("ugr::triton_weighted_sisdr_bwd", mutates_args=())
-def weighted_sisdr_bwd(est: Tensor, ref: Tensor, coef: Tensor, grad_loss: Optional[Tensor],
-                       grad_sisdr: Optional[Tensor], grad_sisdri: Optional[Tensor]) -> Tensor:
-    """d est (est's shape and dtype) from ``coef`` and the incoming gradients (None = 0)."""
+def backward(grad_loss: Tensor, grad_sisdr: Optional[Tensor], grad_sisdri: Optional[Tensor],
+             est: Tensor, ref: Tensor, perm: Tensor, coef: Tensor) -> Tensor:
+    """``ugr::weighted_sisdr_bwd`` on Triton: d est (est's shape and dtype), one launch."""
     batch, n_src, length = est.shape
+    est, ref = est.contiguous(), ref.contiguous()
+    perm, coef = perm.contiguous(), coef.contiguous()
     tile = block_t(n_src)
     n_tiles = _cdiv(length, tile)
     out = torch.empty_like(est, memory_format=torch.contiguous_format)
-    if _shape_only(est):
+    if batch == 0 or _shape_only(est):
         return out
-    dummy = coef
     with _device_ctx(est.device):
-        wrap_triton(fk.fused_backward_kernel)[(batch, n_tiles)](
-            est, ref, coef, grad_loss if grad_loss is not None else dummy,
-            grad_sisdr if grad_sisdr is not None else dummy,
-            grad_sisdri if grad_sisdri is not None else dummy, out, length,
-            grad_sisdr.stride(0) if grad_sisdr is not None else 0,
-            grad_sisdr.stride(1) if grad_sisdr is not None else 0,
-            grad_sisdri.stride(0) if grad_sisdri is not None else 0,
-            grad_sisdri.stride(1) if grad_sisdri is not None else 0,
-            C=n_src, CP=_pow2(n_src), HAS_GLOSS=grad_loss is not None,
-            HAS_GSDR=grad_sisdr is not None, HAS_GSDRI=grad_sisdri is not None,
-            IN_F64=est.dtype == torch.float64, BLOCK_T=tile, **_launch_opts(est.device, 4))
+        _tl.launch(fk.fused_backward_kernel, (batch, n_tiles),
+                   est, ref, perm, coef, grad_loss,
+                   grad_sisdr if grad_sisdr is not None else grad_loss,
+                   grad_sisdri if grad_sisdri is not None else grad_loss, out, length,
+                   int(grad_sisdr is not None),
+                   grad_sisdr.stride(0) if grad_sisdr is not None else 0,
+                   grad_sisdr.stride(1) if grad_sisdr is not None else 0,
+                   int(grad_sisdri is not None),
+                   grad_sisdri.stride(0) if grad_sisdri is not None else 0,
+                   grad_sisdri.stride(1) if grad_sisdri is not None else 0,
+                   C=n_src, CP=_pow2(n_src), IN_F64=est.dtype == torch.float64,
+                   BLOCK_T=tile, wrap=True, **_launch_opts(est.device, 4))
     return out
 
 
-def _setup_context(ctx, inputs, output):
-    est, ref = inputs[0], inputs[1]
-    coef = output[6]
-    ctx.save_for_backward(est, ref, coef)
-    ctx.mark_non_differentiable(output[3], coef)    # weights are stop-gradient constants
-    ctx.set_materialize_grads(False)                 # unused outputs: None, not zeros
+@triton_op("ugr::triton_weighted_sisdr_fwd", mutates_args=())
+def weighted_sisdr_fwd(est: Tensor, ref: Tensor, mixture: Optional[Tensor], alpha: Tensor,
+                       bias: Optional[Tensor], mask: Optional[Tensor], by_source: bool,
+                       pit: bool, zero_mean: bool, eps: float, clamp_db: float
+                       ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``forward`` as an op with the schema of ``ugr::weighted_sisdr_fwd``."""
+    return forward(est, ref, mixture, alpha, bias, mask, by_source, pit, zero_mean, eps,
+                   clamp_db)
 
 
-def _backward(ctx, g_loss, g_sisdr, g_sisdri, g_weights, g_perm, g_valid, g_coef):
-    if ctx.needs_input_grad[1]:
-        raise NotImplementedError("the fused Triton weighted SI-SDR differentiates est only; "
-                                  "ref needs the unfused path")
-    d_est = None
-    if ctx.needs_input_grad[0]:
-        est, ref, coef = ctx.saved_tensors
-        d_est = weighted_sisdr_bwd(est, ref, coef, g_loss, g_sisdr, g_sisdri)
-    return d_est, None, None, None, None, None, None, None, None, None, None
+@triton_op("ugr::triton_weighted_sisdr_bwd", mutates_args=())
+def weighted_sisdr_bwd(grad_loss: Tensor, grad_sisdr: Optional[Tensor],
+                       grad_sisdri: Optional[Tensor], est: Tensor, ref: Tensor, perm: Tensor,
+                       coef: Tensor) -> Tensor:
+    """``backward`` as an op with the schema of ``ugr::weighted_sisdr_bwd``."""
+    return backward(grad_loss, grad_sisdr, grad_sisdri, est, ref, perm, coef)
 
 
-weighted_sisdr_fwd.register_autograd(_backward, setup_context=_setup_context)
-
-
-def fused_forward(est: Tensor, ref: Tensor, mixture: Optional[Tensor],
-                  alpha: Union[float, Tensor], bias: Optional[Tensor], mask: Optional[Tensor],
+def fused_forward(est: Tensor, ref: Tensor, mixture: Optional[Tensor], alpha, bias, mask,
                   by_source: bool, pit: bool, zero_mean: bool, eps: float,
                   clamp_db: Optional[float]):
-    """``weighted_sisdr`` (no score_fn, no process group) in three Triton launches.
-
-    Args:
-        est, ref: (B, C, T), same float dtype and device; only ``est`` is differentiated.
-        mixture: (B, T) or (B, 1, T) in est's dtype, or None.
-        alpha: a 0-d float64 tensor on est's device (a Python float is converted, one op).
-        bias: float64, (B, C) for ``by_source`` else (B,) (expanded views are fine), or None.
-        mask: bool, the same shapes, or None.
-        by_source: granularity "source" (True) or "example".
-        pit: exhaustive PIT (C <= 6) over the cached ``permutation_table``; else identity.
-        clamp_db: None or +inf for no clamp.
-
-    Returns:
-        (loss, sisdr, sisdri, weights, perm, valid, coef): float outputs float64 for
-        float64 inputs else float32; sisdri is zeros without a mixture; valid is
-        ``WeightedSISDRResult.mask``; coef (B, C, 11) float64 for the backward op.
-    """
+    """The op with autograd to ``est``, taking a Python-float alpha and ``clamp_db=None``."""
     if torch.is_grad_enabled() and ref.requires_grad:
         raise ValueError("the fused Triton weighted SI-SDR differentiates est only; "
                          "ref requires grad")
-    batch, n_src = est.shape[0], est.shape[1]
     if not isinstance(alpha, Tensor):
         alpha = torch.full((), float(alpha), dtype=torch.float64, device=est.device)
-    elif alpha.dtype != torch.float64 or alpha.device != est.device:
-        alpha = alpha.to(device=est.device, dtype=torch.float64)
-    if mixture is not None and mixture.dtype != est.dtype:
-        mixture = mixture.to(est.dtype)
-    item_shape = (batch, n_src) if by_source else (batch,)
-    if bias is not None and (bias.dtype != torch.float64 or tuple(bias.shape) != item_shape):
-        bias = bias.to(device=est.device, dtype=torch.float64).expand(item_shape)
-    if mask is not None and (mask.dtype != torch.bool or tuple(mask.shape) != item_shape):
-        mask = mask.to(device=est.device, dtype=torch.bool).expand(item_shape)
-    table = None
-    if pit:
-        from ...pit import permutation_table
-        table = permutation_table(n_src, est.device)
-    return weighted_sisdr_fwd(est.contiguous(), ref.contiguous(),
-                              None if mixture is None else mixture.contiguous(), alpha, bias,
-                              mask, table, bool(by_source), bool(zero_mean), float(eps),
+    return weighted_sisdr_fwd(est, ref, mixture, alpha, bias, mask, bool(by_source),
+                              bool(pit), bool(zero_mean), float(eps),
                               math.inf if clamp_db is None else float(clamp_db))
 
 
-def _registry_forward(est, ref, mixture, alpha, bias, mask, by_source, pit, zero_mean, eps,
-                      clamp_db):
-    """``fused_forward`` with the argument order of ``ugr_kernels.fused``'s registry."""
-    return fused_forward(est, ref, mixture, alpha, bias, mask, by_source, pit, zero_mean, eps,
-                         clamp_db)
-
-
-# Interpreted kernels (CPU tests) cannot be traced: compiled code takes the two passes.
-register_backend("triton", _registry_forward, None, autograd=False, flags=FINITE_FLAGS,
-                 traceable=not _interpreting())
+# Autograd by the registry's glue (the same as for the shared ops). Interpreted kernels
+# (CPU tests) cannot be traced: compiled code takes the two passes there.
+register_backend("triton", weighted_sisdr_fwd, weighted_sisdr_bwd, autograd=True,
+                 flags=FINITE_FLAGS, traceable=not _interpreting())

@@ -38,7 +38,9 @@ interpreter (NumPy >= 2.4 cannot ``range`` over a scalar argument); 0 on a GPU.
 import triton
 import triton.language as tl
 
-COEF_FIELDS = 11
+from .kernels import narrow_from_f32, widen_f32
+
+COEF_FIELDS = 10
 #: float64 workspace words per (estimate row, reference) pair of the epilogue.
 WORKSPACE_PER_PAIR = 8
 _WPP = tl.constexpr(WORKSPACE_PER_PAIR)
@@ -53,7 +55,7 @@ def _widen(v, IN_F64: tl.constexpr):
     if IN_F64:
         r = v.to(tl.float64)
     else:
-        r = v.to(tl.float32).to(tl.float64)
+        r = widen_f32(v).to(tl.float64)
     return r
 
 
@@ -127,18 +129,27 @@ def fused_tile_kernel(est_ptr, ref_ptr, mix_ptr, part_ptr, T, n_tiles,
         tl.store(pbase + OFF_SXY + ix * C + j, sxy, mask=rmask)
 
 
-@triton.jit
-def fused_epilogue_kernel(
-        part_ptr, alpha_ptr, bias_ptr, mask_ptr, table_ptr,
-        loss_ptr, sisdr_ptr, sisdri_ptr, weights_ptr, perm_ptr, valid_ptr, coef_ptr,
-        B, T, n_tiles, bias_sb, bias_sc, mask_sb, mask_sc, eps_bits, tau_bits,
+# Runtime integers that must not specialize the compiled kernel (Triton would compile a
+# variant for the value 1 and for multiples of 16): a new batch size, length, stride
+# or flag then compiles nothing.
+@triton.jit(do_not_specialize=["B", "T", "n_tiles", "has_bias", "bias_sb", "bias_sc",
+                               "has_mask", "mask_sb", "mask_sc", "zero_mean", "eps_bits",
+                               "tau_bits"])
+def fused_item_kernel(
+        part_ptr, work_ptr, item_ptr, alpha_ptr, bias_ptr, mask_ptr,
+        sisdr_ptr, sisdri_ptr, perm_ptr, valid_ptr, coef_ptr,
+        B, T, n_tiles, has_bias, bias_sb, bias_sc, has_mask, mask_sb, mask_sc, zero_mean,
+        eps_bits, tau_bits,
         C: tl.constexpr, CP: tl.constexpr, HAS_MIX: tl.constexpr, QP: tl.constexpr,
-        HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, PIT: tl.constexpr,
-        N_PERM: tl.constexpr, PB: tl.constexpr, BY_SOURCE: tl.constexpr,
-        ZERO_MEAN: tl.constexpr, OUT_F64: tl.constexpr, BLOCK_T: tl.constexpr,
-        BB: tl.constexpr, TC: tl.constexpr, B_STATIC: tl.constexpr,
+        PIT: tl.constexpr, N_PERM: tl.constexpr, PB: tl.constexpr,
+        BY_SOURCE: tl.constexpr, BLOCK_T: tl.constexpr, TC: tl.constexpr,
         NT_STATIC: tl.constexpr):
-    """The whole batch in one program: merge, SI-SDR, PIT, masks, softmax pmf, loss, coef."""
+    """One example per program: merge, SI-SDR matrix, PIT, items, F and L, coef 1..9.
+
+    Nothing here depends on the batch size: the program reads its example's tile
+    partials and writes its example's outputs; the batch-wide softmax is left to
+    ``fused_normalise_kernel``.
+    """
     CE: tl.constexpr = C + HAS_MIX
     QN: tl.constexpr = CE * C
     NF: tl.constexpr = 2 * CE + 2 * C + CE * C
@@ -153,308 +164,324 @@ def fused_epilogue_kernel(
     W_MY: tl.constexpr = 5 * QN
     W_NFX: tl.constexpr = 6 * QN
     W_NFY: tl.constexpr = 7 * QN
-    W_F: tl.constexpr = 8 * QN
-    W_L: tl.constexpr = 8 * QN + C
-    W_COUNT: tl.constexpr = 8 * QN + 2 * C
-    WS: tl.constexpr = _WPP * QN + 2 * C + 1
+    WS: tl.constexpr = _WPP * QN
     NCF: tl.constexpr = _NCOEF
-    R: tl.constexpr = BB * QP
 
+    b = tl.program_id(0).to(tl.int64)
     eps = _f64_from_bits(eps_bits)
     tau = _f64_from_bits(tau_bits)
     alpha = tl.load(alpha_ptr).to(tl.float64)
     inf = float("inf")
     n_total = T + tl.zeros([], tl.float64)
-    # Exact gradient 0 where the centred signals span at most one dimension
-    # (T = 2 centred, T = 1 raw): every valid pair then has |rho| = 1 and a constant
-    # SI-SDR, and the closed form would return rounding noise times ~1/eps.
-    grad_on = (T - ZERO_MEAN) > 1
-    work_ptr = part_ptr + (B + tl.zeros([], tl.int64)) * n_tiles * NF
+    # (runtime flags may arrive as constants: Triton specializes the integer 1)
+    zero_mean = zero_mean + tl.zeros([], tl.int32)
+    has_bias = has_bias + tl.zeros([], tl.int32)
+    has_mask = has_mask + tl.zeros([], tl.int32)
+    # One effective sample (T = 2 centred, T = 1 raw): every pair is collinear, the
+    # SI-SDR a constant (rho = +-1) and its exact gradient 0 (not 1/eps x rounding).
+    collinear = (T - zero_mean) <= 1
 
-    # Running max and rescaled sum of exp(F - max) over the valid items.
-    run_max = tl.full([], -inf, tl.float64)
-    run_sum = tl.full([], 0.0, tl.float64)
-
-    r = tl.arange(0, R)
-    q = r % QP
+    # ---- 1. merge the tile partials in pair space q = i C + j ----------------------
+    # Chan et al.'s k-way update in float64: the global means M = sum n_t m_t / N,
+    # then S = sum_t [S_t + n_t (m_t - M)(m'_t - M')]; tiles in a fixed order.
+    q = tl.arange(0, QP)
+    qv = q < QN
     i_row = q // C
     j_col = q % C
-    bl = tl.arange(0, BB)
-    jj = tl.arange(0, CP)
-    jm = jj < C
-    for b0 in range(0, B_STATIC if B_STATIC > 0 else B, BB):
-        # ---- merge the tile partials, in pair space (b, q = i C + j) ----------------
-        bb = b0 + r // QP
-        rv = (bb < B) & (q < QN)
-        pbase = part_ptr + bb.to(tl.int64) * n_tiles * NF
-        mean_x = tl.zeros([R], dtype=tl.float64)
-        mean_y = tl.zeros([R], dtype=tl.float64)
-        if ZERO_MEAN:
-            for t0 in range(0, NT_STATIC if NT_STATIC > 0 else n_tiles, TC):
-                tiles = t0 + tl.arange(0, TC)
-                tm = tiles < n_tiles
-                nb = tl.where(tm, tl.minimum(T - tiles.to(tl.int64) * BLOCK_T, BLOCK_T), 0)
-                nb = nb.to(tl.float64)
-                m2 = rv[:, None] & tm[None, :]
-                off = pbase[:, None] + tiles.to(tl.int64)[None, :] * NF
-                mx_t = tl.load(off + i_row[:, None], mask=m2, other=0.0)
-                my_t = tl.load(off + (CE + j_col)[:, None], mask=m2, other=0.0)
-                mean_x += tl.sum(mx_t * nb[None, :], axis=1)
-                mean_y += tl.sum(my_t * nb[None, :], axis=1)
-            mean_x = mean_x / n_total
-            mean_y = mean_y / n_total
-        sxx = tl.zeros([R], dtype=tl.float64)
-        syy = tl.zeros([R], dtype=tl.float64)
-        sxy = tl.zeros([R], dtype=tl.float64)
-        for t0 in range(0, NT_STATIC if NT_STATIC > 0 else n_tiles, TC):
-            tiles = t0 + tl.arange(0, TC)
-            tm = tiles < n_tiles
-            nb = tl.where(tm, tl.minimum(T - tiles.to(tl.int64) * BLOCK_T, BLOCK_T), 0)
-            nb = nb.to(tl.float64)
-            m2 = rv[:, None] & tm[None, :]
-            off = pbase[:, None] + tiles.to(tl.int64)[None, :] * NF
-            mx_t = tl.load(off + i_row[:, None], mask=m2, other=0.0)
-            my_t = tl.load(off + (CE + j_col)[:, None], mask=m2, other=0.0)
-            sxx_t = tl.load(off + (OFF_SXX + i_row)[:, None], mask=m2, other=0.0)
-            syy_t = tl.load(off + (OFF_SYY + j_col)[:, None], mask=m2, other=0.0)
-            sxy_t = tl.load(off + (OFF_SXY + q)[:, None], mask=m2, other=0.0)
-            dx = tl.where(m2, mx_t - mean_x[:, None], 0.0)
-            dy = tl.where(m2, my_t - mean_y[:, None], 0.0)
-            sxx += tl.sum(sxx_t + nb[None, :] * dx * dx, axis=1)
-            syy += tl.sum(syy_t + nb[None, :] * dy * dy, axis=1)
-            sxy += tl.sum(sxy_t + nb[None, :] * dx * dy, axis=1)
+    pbase = part_ptr + b * n_tiles * NF
+    mean_x = tl.zeros([QP], dtype=tl.float64)
+    mean_y = tl.zeros([QP], dtype=tl.float64)
+    for t0 in range(0, NT_STATIC if NT_STATIC > 0 else n_tiles, TC):
+        tiles = t0 + tl.arange(0, TC)
+        tm = tiles < n_tiles
+        nb = tl.where(tm, tl.minimum(T - tiles.to(tl.int64) * BLOCK_T, BLOCK_T), 0)
+        nb = nb.to(tl.float64)
+        m2 = qv[:, None] & tm[None, :]
+        off = pbase + tiles.to(tl.int64)[None, :] * NF
+        mean_x += tl.sum(tl.load(off + i_row[:, None], mask=m2, other=0.0) * nb[None, :],
+                         axis=1)
+        mean_y += tl.sum(tl.load(off + (CE + j_col)[:, None], mask=m2, other=0.0)
+                         * nb[None, :], axis=1)
+    mean_x = mean_x / n_total
+    mean_y = mean_y / n_total
+    sxx = tl.zeros([QP], dtype=tl.float64)
+    syy = tl.zeros([QP], dtype=tl.float64)
+    sxy = tl.zeros([QP], dtype=tl.float64)
+    for t0 in range(0, NT_STATIC if NT_STATIC > 0 else n_tiles, TC):
+        tiles = t0 + tl.arange(0, TC)
+        tm = tiles < n_tiles
+        nb = tl.where(tm, tl.minimum(T - tiles.to(tl.int64) * BLOCK_T, BLOCK_T), 0)
+        nb = nb.to(tl.float64)
+        m2 = qv[:, None] & tm[None, :]
+        off = pbase + tiles.to(tl.int64)[None, :] * NF
+        dx = tl.where(m2, tl.load(off + i_row[:, None], mask=m2, other=0.0)
+                      - mean_x[:, None], 0.0)
+        dy = tl.where(m2, tl.load(off + (CE + j_col)[:, None], mask=m2, other=0.0)
+                      - mean_y[:, None], 0.0)
+        sxx += tl.sum(tl.load(off + (OFF_SXX + i_row)[:, None], mask=m2, other=0.0)
+                      + nb[None, :] * dx * dx, axis=1)
+        syy += tl.sum(tl.load(off + (OFF_SYY + j_col)[:, None], mask=m2, other=0.0)
+                      + nb[None, :] * dy * dy, axis=1)
+        sxy += tl.sum(tl.load(off + (OFF_SXY + q)[:, None], mask=m2, other=0.0)
+                      + nb[None, :] * dx * dy, axis=1)
+    # Raw sums without centring: S_raw = S + N M M'.
+    raw = zero_mean == 0
+    sxx = tl.where(raw, sxx + n_total * mean_x * mean_x, sxx)
+    syy = tl.where(raw, syy + n_total * mean_y * mean_y, syy)
+    sxy = tl.where(raw, sxy + n_total * mean_x * mean_y, sxy)
 
-        # ---- SI-SDR of every pair (row C: the mixture, never clamped) --------------
-        pv = rv & (sxx > 0) & (syy > 0) & _finite(sxx) & _finite(syy) & _finite(sxy)
-        sx = tl.sqrt(tl.where(pv, sxx, 1.0))
-        sy = tl.sqrt(tl.where(pv, syy, 1.0))
-        rho = tl.where(pv, sxy, 0.0) / (sx * sy)
-        rho = tl.minimum(tl.maximum(rho, -1.0), 1.0)
-        rho2 = rho * rho
-        residual = (1.0 - rho) * (1.0 + rho)
-        tau_q = tl.where(i_row < C, tau, 0.0)
-        num = rho2 + eps
-        den = residual + eps + tau_q * num
-        sdr = tl.where(pv, _LOG10_SCALE * tl.log(num / den), 0.0)
-        dsdr_drho2 = _LOG10_SCALE * (1.0 / num + (1.0 - tau_q) / den)
-        coef_ok = pv & grad_on
-        a = tl.where(coef_ok, dsdr_drho2 * (2.0 * rho / (sx * sy)), 0.0)
-        c = tl.where(coef_ok, 2.0 * dsdr_drho2 * (-rho2 / tl.where(pv, sxx, 1.0)), 0.0)
-        wbase = work_ptr + bb.to(tl.int64) * WS + q
-        tl.store(wbase + W_SDR, sdr, mask=rv)
-        tl.store(wbase + W_VALID, pv.to(tl.float64), mask=rv)
-        tl.store(wbase + W_A, a, mask=rv)
-        tl.store(wbase + W_C, c, mask=rv)
-        tl.store(wbase + W_MX, mean_x, mask=rv)
-        tl.store(wbase + W_MY, mean_y, mask=rv)
-        # Non-finite rows (NaN/inf samples, or float64 too large to square): read by
-        # check_finite with one host sync, from the coef flags below.
-        nfx = ~(_finite(sxx) & _finite(mean_x))
-        nfy = ~(_finite(syy) & _finite(mean_y))
-        tl.store(wbase + W_NFX, nfx.to(tl.float64), mask=rv)
-        tl.store(wbase + W_NFY, nfy.to(tl.float64), mask=rv)
-        tl.debug_barrier()
-
-        # ---- PIT: the best permutation per example (first one on ties) -------------
-        eb = b0 + bl
-        ev = eb < B
-        ework = work_ptr + eb.to(tl.int64) * WS
-        m_item = ev[:, None] & jm[None, :]
-        if PIT:
-            best = tl.full([BB], -inf, tl.float64)
-            best_p = tl.zeros([BB], dtype=tl.int32)
-            for p0 in tl.static_range(0, N_PERM, PB):
-                pp = p0 + tl.arange(0, PB)
-                pm = pp < N_PERM
-                total = tl.zeros([BB, PB], dtype=tl.float64)
-                for j in tl.static_range(C):
-                    k = tl.load(table_ptr + pp * C + j, mask=pm, other=0).to(tl.int32)
-                    total += tl.load(ework[:, None] + W_SDR + k[None, :] * C + j,
-                                     mask=ev[:, None] & pm[None, :], other=0.0)
-                total = tl.where(pm[None, :], total, -inf)
-                cmax = tl.max(total, axis=1)
-                cidx = tl.min(tl.where(total == cmax[:, None], pp[None, :], N_PERM), axis=1)
-                better = cmax > best
-                best = tl.where(better, cmax, best)
-                best_p = tl.where(better, cidx, best_p)
-            kk = tl.load(table_ptr + best_p[:, None] * C + jj[None, :], mask=m_item,
-                         other=0).to(tl.int32)
-        else:
-            kk = tl.zeros([BB, CP], dtype=tl.int32) + jj[None, :]
-
-        # ---- items: SI-SDR(i) after PIT, masks, scores --------------------------------
-        qk = kk * C + jj[None, :]
-        sdr_j = tl.load(ework[:, None] + W_SDR + qk, mask=m_item, other=0.0)
-        valid0 = tl.load(ework[:, None] + W_VALID + qk, mask=m_item, other=0.0) != 0.0
-        a_j = tl.load(ework[:, None] + W_A + qk, mask=m_item, other=0.0)
-        c_j = tl.load(ework[:, None] + W_C + qk, mask=m_item, other=0.0)
-        mx_j = tl.load(ework[:, None] + W_MX + qk, mask=m_item, other=0.0)
-        my_j = tl.load(ework[:, None] + W_MY + qk, mask=m_item, other=0.0)
-        nf_est = tl.load(ework[:, None] + W_NFX + qk, mask=m_item, other=0.0)
-        nf_ref = tl.load(ework[:, None] + W_NFY + qk, mask=m_item, other=0.0)
-        if HAS_MIX:
-            nf_mix = tl.load(ework[:, None] + W_NFX + C * C + jj[None, :], mask=m_item,
-                             other=0.0)
-        else:
-            nf_mix = tl.zeros([BB, CP], dtype=tl.float64)
-        if HAS_MIX:
-            qm = C * C + jj[None, :]
-            mix_j = tl.load(ework[:, None] + W_SDR + qm, mask=m_item, other=0.0)
-            valid0 = valid0 & (tl.load(ework[:, None] + W_VALID + qm, mask=m_item,
-                                       other=0.0) != 0.0)
-            sisdri = tl.where(valid0, sdr_j - mix_j, 0.0)
-        else:
-            sisdri = tl.zeros([BB, CP], dtype=tl.float64)
-        valid0 = valid0 & m_item
-        valid1 = valid0
-        if HAS_MASK and BY_SOURCE:
-            um = tl.load(mask_ptr + eb.to(tl.int64)[:, None] * mask_sb + jj[None, :] * mask_sc,
-                         mask=m_item, other=0) != 0
-            valid1 = valid1 & um
-        sisdr = tl.where(valid1, sdr_j, 0.0)
-        if HAS_MIX:
-            loss_j = -sisdri
-        else:
-            loss_j = -sisdr
-        if BY_SOURCE:
-            score = alpha * loss_j
-            if HAS_BIAS:
-                score += tl.load(bias_ptr + eb.to(tl.int64)[:, None] * bias_sb
-                                 + jj[None, :] * bias_sc, mask=m_item, other=0.0).to(tl.float64)
-            item_ok = valid1 & _finite(score)
-            f_masked = tl.where(item_ok, score, -inf)
-            tl.store(ework[:, None] + W_F + jj[None, :], f_masked, mask=m_item)
-            tl.store(ework[:, None] + W_L + jj[None, :], loss_j, mask=m_item)
-            valid_out = valid1
-            chunk_max = tl.max(tl.max(f_masked, axis=1), axis=0)
-        else:
-            count = tl.sum(valid1.to(tl.float64), axis=1)
-            loss_b = tl.sum(loss_j, axis=1) / tl.maximum(count, 1.0)
-            score_b = alpha * loss_b
-            if HAS_BIAS:
-                score_b += tl.load(bias_ptr + eb.to(tl.int64) * bias_sb, mask=ev,
-                                   other=0.0).to(tl.float64)
-            item_ok = ev & (count > 0) & _finite(score_b)
-            if HAS_MASK:
-                item_ok = item_ok & (tl.load(mask_ptr + eb.to(tl.int64) * mask_sb, mask=ev,
-                                             other=0) != 0)
-            f_masked = tl.where(item_ok, score_b, -inf)
-            tl.store(ework + W_F, f_masked, mask=ev)
-            tl.store(ework + W_L, loss_b, mask=ev)
-            tl.store(ework + W_COUNT, count, mask=ev)
-            valid_out = valid1 & ((count > 0) & ev)[:, None]
-            if HAS_MASK:
-                valid_out = valid_out & (tl.load(mask_ptr + eb.to(tl.int64) * mask_sb,
-                                                 mask=ev, other=0) != 0)[:, None]
-            chunk_max = tl.max(f_masked, axis=0)
-        new_max = tl.maximum(run_max, chunk_max)
-        shift = tl.where(new_max > -inf, new_max, 0.0)
-        e = tl.where(f_masked > -inf, tl.exp(f_masked - shift), 0.0)
-        if BY_SOURCE:
-            chunk_sum = tl.sum(tl.sum(e, axis=1), axis=0)
-        else:
-            chunk_sum = tl.sum(e, axis=0)
-        run_sum = run_sum * tl.where(run_max > -inf, tl.exp(run_max - shift), 0.0) + chunk_sum
-        run_max = new_max
-
-        # ---- outputs of the item stage ---------------------------------------------
-        item = eb.to(tl.int64)[:, None] * C + jj[None, :]
-        tl.store(perm_ptr + item, kk.to(tl.int64), mask=m_item)
-        tl.store(valid_ptr + item, valid_out, mask=m_item)
-        tl.store(sisdr_ptr + item, _narrow(sisdr, OUT_F64), mask=m_item)
-        tl.store(sisdri_ptr + item, _narrow(sisdri, OUT_F64), mask=m_item)
-        cbase = coef_ptr + (eb.to(tl.int64)[:, None] * C + kk) * NCF
-        if HAS_MIX:
-            v0_out = valid0
-        else:
-            v0_out = valid0 & (jj[None, :] < 0)
-        tl.store(cbase + 0, jj[None, :].to(tl.float64) + tl.zeros([BB, CP], tl.float64),
-                 mask=m_item)
-        tl.store(cbase + 2, valid1.to(tl.float64), mask=m_item)
-        tl.store(cbase + 3, v0_out.to(tl.float64), mask=m_item)
-        tl.store(cbase + 4, a_j, mask=m_item)
-        tl.store(cbase + 5, c_j, mask=m_item)
-        tl.store(cbase + 6, mx_j, mask=m_item)
-        tl.store(cbase + 7, my_j, mask=m_item)
-        tl.store(cbase + 8, nf_est, mask=m_item)
-        tl.store(cbase + 9, nf_ref, mask=m_item)
-        tl.store(cbase + 10, nf_mix, mask=m_item)
+    # ---- 2. SI-SDR of every pair (row C: the mixture, never clamped) ---------------
+    # rho = sxy / sqrt(sxx) / sqrt(syy) in [-1, 1] (never sxx syy: it under/overflows),
+    # SI-SDR = 10 log10((rho^2 + eps) / ((1 - rho)(1 + rho) + eps + tau (rho^2 + eps))),
+    # a = d SI-SDR / d sxy, c = 2 d SI-SDR / d sxx.
+    pv = qv & (sxx > 0) & (syy > 0) & _finite(sxx) & _finite(syy) & _finite(sxy)
+    sx = tl.sqrt(tl.where(pv, sxx, 1.0))
+    sy = tl.sqrt(tl.where(pv, syy, 1.0))
+    rho = tl.where(pv, sxy, 0.0) / sx / sy
+    rho = tl.minimum(tl.maximum(rho, -1.0), 1.0)
+    rho = tl.where(collinear, tl.where(rho >= 0.0, 1.0, -1.0), rho)
+    rho2 = rho * rho
+    tau_q = tl.where(i_row < C, tau, 0.0)
+    num = rho2 + eps
+    den = (1.0 - rho) * (1.0 + rho) + eps + tau_q * num
+    sdr = tl.where(pv, _LOG10_SCALE * tl.log(num / den), 0.0)
+    d_rho2 = _LOG10_SCALE * (1.0 / num + (1.0 - tau_q) / den)
+    coef_ok = pv & ~collinear
+    a = tl.where(coef_ok, d_rho2 * 2.0 * rho / sx / sy, 0.0)
+    c = tl.where(coef_ok, -2.0 * d_rho2 * rho2 / tl.where(pv, sxx, 1.0), 0.0)
+    wbase = work_ptr + b * WS + q
+    tl.store(wbase + W_SDR, sdr, mask=qv)
+    tl.store(wbase + W_VALID, pv.to(tl.float64), mask=qv)
+    tl.store(wbase + W_A, a, mask=qv)
+    tl.store(wbase + W_C, c, mask=qv)
+    tl.store(wbase + W_MX, tl.where(raw, 0.0, mean_x), mask=qv)
+    tl.store(wbase + W_MY, tl.where(raw, 0.0, mean_y), mask=qv)
+    # Non-finite rows (NaN/inf samples, or float64 too large to square): check_finite
+    # reads these flags with one host sync.
+    tl.store(wbase + W_NFX, (~(_finite(sxx) & _finite(mean_x))).to(tl.float64), mask=qv)
+    tl.store(wbase + W_NFY, (~(_finite(syy) & _finite(mean_y))).to(tl.float64), mask=qv)
     tl.debug_barrier()
 
-    # ---- normalise: weights, loss, d loss / d SI-SDR ------------------------------------
-    shift = tl.where(run_max > -inf, run_max, 0.0)
-    denom = tl.maximum(run_sum, 2.2250738585072014e-308)
+    # ---- 3. PIT: argmax over permutations p of sum_j SI-SDR(p[j], j) ------------------
+    # Permutations in lexicographic order, decoded from their rank (Lehmer code, no
+    # table); invalid pairs count 0; the first maximum wins (as std::next_permutation).
+    jj = tl.arange(0, CP)
+    jm = jj < C
+    ework = work_ptr + b * WS
+    if PIT:
+        best = -inf
+        best_code = 0
+        for p0 in tl.static_range(0, N_PERM, PB):
+            pp = p0 + tl.arange(0, PB)
+            pm = pp < N_PERM
+            rem = pp
+            used = tl.zeros([PB], dtype=tl.int32)
+            code = tl.zeros([PB], dtype=tl.int32)
+            total = tl.zeros([PB], dtype=tl.float64)
+            for pos in tl.static_range(C):
+                f = 1
+                for m in tl.static_range(2, C - pos):
+                    f = f * m
+                digit = rem // f
+                rem = rem % f
+                # the digit-th estimate not used yet
+                chosen = tl.zeros([PB], dtype=tl.int32)
+                seen = tl.zeros([PB], dtype=tl.int32)
+                for k in tl.static_range(C):
+                    free = ((used >> k) & 1) == 0
+                    chosen = tl.where(free & (seen == digit), k, chosen)
+                    seen += free.to(tl.int32)
+                used = used | (1 << chosen)
+                code = code | (chosen << (3 * pos))
+                total += tl.load(ework + W_SDR + chosen * C + pos, mask=pm, other=0.0)
+            total = tl.where(pm, total, -inf)
+            cmax = tl.max(total, axis=0)
+            cidx = tl.min(tl.where(total == cmax, pp, N_PERM), axis=0)
+            ccode = tl.sum(tl.where(pp == cidx, code, 0), axis=0)
+            better = cmax > best
+            best = tl.where(better, cmax, best)
+            best_code = tl.where(better, ccode, best_code)
+        kk = (best_code >> (3 * jj)) & 7
+        kk = tl.where(jm, kk, 0)
+    else:
+        kk = jj
+
+    # ---- 4. items: SI-SDR(i) after PIT, masks, F = alpha L + bias ---------------------
+    qk = kk * C + jj
+    sdr_j = tl.load(ework + W_SDR + qk, mask=jm, other=0.0)
+    pm_j = tl.load(ework + W_VALID + qk, mask=jm, other=0.0) != 0.0
+    a_j = tl.load(ework + W_A + qk, mask=jm, other=0.0)
+    c_j = tl.load(ework + W_C + qk, mask=jm, other=0.0)
+    if HAS_MIX:
+        qm = C * C + jj
+        mix_j = tl.load(ework + W_SDR + qm, mask=jm, other=0.0)
+        pm_j = pm_j & (tl.load(ework + W_VALID + qm, mask=jm, other=0.0) != 0.0)
+        sisdri = tl.where(pm_j, sdr_j - mix_j, 0.0)
+    else:
+        sisdri = tl.zeros([CP], dtype=tl.float64)
+    pm_j = pm_j & jm
+    v = pm_j
+    user = tl.load(mask_ptr + b * mask_sb + jj * mask_sc, mask=jm & (has_mask != 0),
+                   other=1) != 0
+    if BY_SOURCE:
+        v = v & user
+    sisdr = tl.where(v, sdr_j, 0.0)
+    if HAS_MIX:
+        loss_j = -sisdri
+    else:
+        loss_j = -sisdr
+    bias = tl.load(bias_ptr + b * bias_sb + jj * bias_sc, mask=jm & (has_bias != 0),
+                   other=0.0).to(tl.float64)
+    # items: F (B C or B slots), L (same), count (B slots), contiguous for the normaliser
+    n_items = B * C if BY_SOURCE else B
+    f_ptr = item_ptr
+    l_ptr = item_ptr + n_items
+    cnt_ptr = item_ptr + 2 * n_items
+    if BY_SOURCE:
+        f = alpha * loss_j + bias
+        ok = v & _finite(f)
+        tl.store(f_ptr + b * C + jj, tl.where(ok, f, -inf), mask=jm)
+        tl.store(l_ptr + b * C + jj, loss_j, mask=jm)
+        valid_out = v
+    else:
+        count = tl.sum(v.to(tl.float64), axis=0)
+        loss_b = tl.sum(tl.where(jm, loss_j, 0.0), axis=0) / tl.maximum(count, 1.0)
+        f = alpha * loss_b + tl.sum(tl.where(jj == 0, bias, 0.0), axis=0)
+        user_b = tl.sum(tl.where(jj == 0, user.to(tl.int32), 0), axis=0)
+        kept = (count > 0) & (user_b != 0)
+        ok = kept & _finite(f)
+        tl.store(f_ptr + b, tl.where(ok, f, -inf))
+        tl.store(l_ptr + b, loss_b)
+        tl.store(cnt_ptr + b, count)
+        # (an int product: the interpreter cannot broadcast a reduced i1 in `&`)
+        valid_out = (v.to(tl.int32) * kept.to(tl.int32)) != 0
+
+    # ---- 5. outputs, coef fields 1..9 per reference j (field 0 by the normaliser) ----
+    item = b * C + jj
+    tl.store(perm_ptr + item, kk.to(tl.int64), mask=jm)
+    tl.store(valid_ptr + item, valid_out, mask=jm)
+    tl.store(sisdr_ptr + item, sisdr.to(sisdr_ptr.dtype.element_ty), mask=jm)
+    tl.store(sisdri_ptr + item, sisdri.to(sisdri_ptr.dtype.element_ty), mask=jm)
+    cbase = coef_ptr + item * NCF
+    tl.store(cbase + 1, tl.where(pm_j, a_j, 0.0), mask=jm)
+    tl.store(cbase + 2, tl.where(pm_j, c_j, 0.0), mask=jm)
+    tl.store(cbase + 3, tl.load(ework + W_MX + qk, mask=jm, other=0.0), mask=jm)
+    tl.store(cbase + 4, tl.load(ework + W_MY + qk, mask=jm, other=0.0), mask=jm)
+    tl.store(cbase + 5, v.to(tl.float64), mask=jm)
+    if HAS_MIX:
+        tl.store(cbase + 6, pm_j.to(tl.float64), mask=jm)
+        nf_mix = tl.load(ework + W_NFX + C * C + jj, mask=jm, other=0.0)
+    else:
+        tl.store(cbase + 6, tl.zeros([CP], dtype=tl.float64), mask=jm)
+        nf_mix = tl.zeros([CP], dtype=tl.float64)
+    # est row j (pair (j, 0)), ref row j (pair (0, j)), the mixture (pair (C, 0))
+    tl.store(cbase + 7, tl.load(ework + W_NFX + jj * C, mask=jm, other=0.0), mask=jm)
+    tl.store(cbase + 8, tl.load(ework + W_NFY + jj, mask=jm, other=0.0), mask=jm)
+    tl.store(cbase + 9, nf_mix, mask=jm)
+
+
+@triton.jit(do_not_specialize=["B"])
+def fused_normalise_kernel(item_ptr, coef_ptr, weights_ptr, loss_ptr, B,
+                           C: tl.constexpr, BY_SOURCE: tl.constexpr, NB: tl.constexpr,
+                           N_STATIC: tl.constexpr):
+    """The batch-wide softmax: the only serial part, over n_items <= B C scalars.
+
+    p_i = exp(F_i - max) / sum_k exp(F_k - max) over the items with finite F (others
+    hold -inf and get p = 0); loss = sum_i p_i L_i; coef field 0 (w = d loss / d
+    SI-SDR) = -p_i (source) or -p_b / count_b where the source is valid (example).
+    Three sweeps (max, sum, normalise) of NB lanes over the items in a fixed order,
+    lane partials reduced by a fixed tree at the end: deterministic. Its trip count
+    is n_items / NB, the one place where the work of a program grows with B.
+    """
+    inf = float("inf")
+    n_items = B * C if BY_SOURCE else B
+    f_ptr = item_ptr
+    l_ptr = item_ptr + n_items
+    cnt_ptr = item_ptr + 2 * n_items
+    r = tl.arange(0, NB)
+    # ---- 1. the max of F, then the sum of exp(F - max) (two sweeps, as the reference) --
+    run_max = tl.full([NB], -inf, tl.float64)
+    for i0 in range(0, N_STATIC if N_STATIC > 0 else n_items, NB):
+        idx = i0 + r
+        run_max = tl.maximum(run_max, tl.load(f_ptr + idx, mask=idx < n_items, other=-inf))
+    f_max = tl.max(run_max, axis=0)
+    shift = tl.where(f_max > -inf, f_max, 0.0)
+    run_sum = tl.zeros([NB], tl.float64)
+    for i0 in range(0, N_STATIC if N_STATIC > 0 else n_items, NB):
+        idx = i0 + r
+        f = tl.load(f_ptr + idx, mask=idx < n_items, other=-inf)
+        run_sum += tl.where(f > -inf, tl.exp(f - shift), 0.0)
+    denom = tl.maximum(tl.sum(run_sum, axis=0), 2.2250738585072014e-308)
+    # ---- 2. weights, loss, and coef w over the B C (reference) entries -----------------
     loss = tl.full([], 0.0, tl.float64)
-    for b0 in range(0, B_STATIC if B_STATIC > 0 else B, BB):
-        eb = b0 + bl
-        ev = eb < B
-        ework = work_ptr + eb.to(tl.int64) * WS
-        m_item = ev[:, None] & jm[None, :]
-        item = eb.to(tl.int64)[:, None] * C + jj[None, :]
-        kk = tl.load(perm_ptr + item, mask=m_item, other=0)
-        cbase = coef_ptr + (eb.to(tl.int64)[:, None] * C + kk) * NCF
+    for i0 in range(0, N_STATIC if N_STATIC > 0 else n_items, NB):
+        idx = i0 + r
+        im = idx < n_items
+        f = tl.load(f_ptr + idx, mask=im, other=-inf)
+        p = tl.where(f > -inf, tl.exp(f - shift) / denom, 0.0)
+        lv = tl.load(l_ptr + idx, mask=im, other=0.0)
+        loss += tl.sum(tl.where(im, p * lv, 0.0), axis=0)
+        tl.store(weights_ptr + idx, p.to(weights_ptr.dtype.element_ty), mask=im)
         if BY_SOURCE:
-            f = tl.load(ework[:, None] + W_F + jj[None, :], mask=m_item, other=-inf)
-            lj = tl.load(ework[:, None] + W_L + jj[None, :], mask=m_item, other=0.0)
-            p = tl.where(f > -inf, tl.exp(f - shift), 0.0) / denom
-            loss += tl.sum(tl.sum(p * lj, axis=1), axis=0)
-            tl.store(weights_ptr + item, _narrow(p, OUT_F64), mask=m_item)
-            tl.store(cbase + 1, -p, mask=m_item)
+            tl.store(coef_ptr + idx.to(tl.int64) * _NCOEF, -p, mask=im)
         else:
-            f = tl.load(ework + W_F, mask=ev, other=-inf)
-            lb = tl.load(ework + W_L, mask=ev, other=0.0)
-            count = tl.load(ework + W_COUNT, mask=ev, other=1.0)
-            p = tl.where(f > -inf, tl.exp(f - shift), 0.0) / denom
-            loss += tl.sum(p * lb, axis=0)
-            tl.store(weights_ptr + eb, _narrow(p, OUT_F64), mask=ev)
-            v1 = tl.load(cbase + 2, mask=m_item, other=0.0)
-            w = tl.where(v1 != 0.0, (-p / tl.maximum(count, 1.0))[:, None], 0.0)
-            tl.store(cbase + 1, w, mask=m_item)
-    tl.store(loss_ptr, _narrow(loss, OUT_F64))
+            count = tl.load(cnt_ptr + idx, mask=im, other=1.0)
+            wb = -p / tl.maximum(count, 1.0)
+            for j in tl.static_range(C):
+                cj = coef_ptr + (idx.to(tl.int64) * C + j) * _NCOEF
+                gate = tl.load(cj + 5, mask=im, other=0.0)
+                tl.store(cj, tl.where(gate != 0.0, wb, 0.0), mask=im)
+    tl.store(loss_ptr, loss.to(loss_ptr.dtype.element_ty))
 
 
-@triton.jit
-def fused_backward_kernel(est_ptr, ref_ptr, coef_ptr, gloss_ptr, gsdr_ptr, gsdri_ptr, out_ptr,
-                          T, gs_sb, gs_sc, gi_sb, gi_sc,
-                          C: tl.constexpr, CP: tl.constexpr, HAS_GLOSS: tl.constexpr,
-                          HAS_GSDR: tl.constexpr, HAS_GSDRI: tl.constexpr,
-                          IN_F64: tl.constexpr, BLOCK_T: tl.constexpr):
-    """d est[b, k, t] = s (a (ref[b, j, t] - my_j) + c (est[b, k, t] - mx_k)), j = inv perm.
+@triton.jit(do_not_specialize=["has_gsdr", "gs_sb", "gs_sc", "has_gsdri", "gi_sb",
+                               "gi_sc"])
+def fused_backward_kernel(est_ptr, ref_ptr, perm_ptr, coef_ptr, gloss_ptr, gsdr_ptr,
+                          gsdri_ptr, out_ptr, T, has_gsdr, gs_sb, gs_sc, has_gsdri,
+                          gi_sb, gi_sc,
+                          C: tl.constexpr, CP: tl.constexpr, IN_F64: tl.constexpr,
+                          BLOCK_T: tl.constexpr):
+    """d est[b, k, t] = s a (ref[b, j, t] - my_j) + s c (est[b, k, t] - mx_k), k = perm[b, j].
 
-    s = grad_loss w + grad_sisdr[b, j] v1 + grad_sisdri[b, j] v0, all float64; a term
-    whose coefficient is exactly 0 contributes exactly 0 (masked items with NaN
-    signals get a zero gradient, not NaN).
+    Per reference j: s = grad_loss w + [gate 5] grad_sisdr[b, j] + [gate 6]
+    grad_sisdri[b, j] (float64), taken only when a or c is non-zero; a term whose
+    factor is exactly 0 contributes exactly 0 (masked items holding NaN get 0).
     """
     b = tl.program_id(0).to(tl.int64)
     tile = tl.program_id(1).to(tl.int64)
     offs = tile * BLOCK_T + tl.arange(0, BLOCK_T)
     tmask = offs < T
-    k = tl.arange(0, CP)
-    km = k < C
-    cb = coef_ptr + (b * C + k) * _NCOEF
-    j = tl.load(cb + 0, mask=km, other=0.0).to(tl.int64)
-    s = tl.zeros([CP], dtype=tl.float64)
-    if HAS_GLOSS:
-        w = tl.load(cb + 1, mask=km, other=0.0)
-        gl = tl.load(gloss_ptr).to(tl.float64)
-        s += tl.where(w != 0.0, gl * w, 0.0)
-    if HAS_GSDR:
-        v1 = tl.load(cb + 2, mask=km, other=0.0)
-        g1 = tl.load(gsdr_ptr + b * gs_sb + j * gs_sc, mask=km & (v1 != 0.0), other=0.0)
-        s += g1.to(tl.float64)
-    if HAS_GSDRI:
-        v0 = tl.load(cb + 3, mask=km, other=0.0)
-        g0 = tl.load(gsdri_ptr + b * gi_sb + j * gi_sc, mask=km & (v0 != 0.0), other=0.0)
-        s += g0.to(tl.float64)
-    ga = s * tl.load(cb + 4, mask=km, other=0.0)
-    gc = s * tl.load(cb + 5, mask=km, other=0.0)
-    mx = tl.load(cb + 6, mask=km, other=0.0)
-    my = tl.load(cb + 7, mask=km, other=0.0)
-    m2 = km[:, None] & tmask[None, :]
-    x_rows = (b * C + k.to(tl.int64))[:, None] * T + offs[None, :]
-    y_rows = (b * C + j)[:, None] * T + offs[None, :]
-    xv = _widen(tl.load(est_ptr + x_rows, mask=m2 & (gc != 0.0)[:, None], other=0.0), IN_F64)
-    yv = _widen(tl.load(ref_ptr + y_rows, mask=m2 & (ga != 0.0)[:, None], other=0.0), IN_F64)
-    out = tl.where((ga != 0.0)[:, None], ga[:, None] * (yv - my[:, None]), 0.0) \
-        + tl.where((gc != 0.0)[:, None], gc[:, None] * (xv - mx[:, None]), 0.0)
-    tl.store(out_ptr + x_rows, _narrow(out, IN_F64).to(out_ptr.dtype.element_ty), mask=m2)
+    j = tl.arange(0, CP)
+    jm = j < C
+    cb = coef_ptr + (b * C + j) * _NCOEF
+    k = tl.load(perm_ptr + b * C + j, mask=jm, other=0)
+    w = tl.load(cb + 0, mask=jm, other=0.0)
+    a = tl.load(cb + 1, mask=jm, other=0.0)
+    c = tl.load(cb + 2, mask=jm, other=0.0)
+    g5 = tl.load(cb + 5, mask=jm, other=0.0)
+    g6 = tl.load(cb + 6, mask=jm, other=0.0)
+    gl = tl.load(gloss_ptr).to(tl.float64)
+    has_gsdr = has_gsdr + tl.zeros([], tl.int32)
+    has_gsdri = has_gsdri + tl.zeros([], tl.int32)
+    gs = tl.load(gsdr_ptr + b * gs_sb + j * gs_sc, mask=jm & (has_gsdr != 0) & (g5 != 0.0),
+                 other=0.0).to(tl.float64)
+    gi = tl.load(gsdri_ptr + b * gi_sb + j * gi_sc, mask=jm & (has_gsdri != 0) & (g6 != 0.0),
+                 other=0.0).to(tl.float64)
+    s = tl.where(w != 0.0, gl * w, 0.0) + gs + gi
+    s = tl.where((a != 0.0) | (c != 0.0), s, 0.0)
+    sa = tl.where((s != 0.0) & (a != 0.0), s * a, 0.0)
+    sc = tl.where((s != 0.0) & (c != 0.0), s * c, 0.0)
+    mx = tl.load(cb + 3, mask=jm, other=0.0)
+    my = tl.load(cb + 4, mask=jm, other=0.0)
+    m2 = jm[:, None] & tmask[None, :]
+    x_rows = (b * C + k)[:, None] * T + offs[None, :]
+    y_rows = (b * C + j.to(tl.int64))[:, None] * T + offs[None, :]
+    xv = _widen(tl.load(est_ptr + x_rows, mask=m2 & (sc != 0.0)[:, None], other=0.0), IN_F64)
+    yv = _widen(tl.load(ref_ptr + y_rows, mask=m2 & (sa != 0.0)[:, None], other=0.0), IN_F64)
+    out = tl.where((sa != 0.0)[:, None], sa[:, None] * (yv - my[:, None]), 0.0) \
+        + tl.where((sc != 0.0)[:, None], sc[:, None] * (xv - mx[:, None]), 0.0)
+    if IN_F64:
+        res = out
+    else:
+        res = narrow_from_f32(out.to(tl.float32), out_ptr.dtype.element_ty)
+    tl.store(out_ptr + x_rows, res, mask=m2)
