@@ -226,7 +226,10 @@ __device__ __forceinline__ double merged_comoment(const double* __restrict__ s_t
 
 // One block per example; one thread per output value; tiles visited in order.
 // zero_mean == false: M = 0, so the sums come out raw (uncentred).
-__global__ void stats_merge_kernel(const double* __restrict__ part, double* __restrict__ mx,
+// static: this header is included by two translation units (ugr_cuda.cu and, through
+// ugr_fused_cuda_kernels.cuh, ugr_fused_cuda.cu); a non-template kernel with external
+// linkage would be defined twice and the extension would not link.
+static __global__ void stats_merge_kernel(const double* __restrict__ part, double* __restrict__ mx,
                                    double* __restrict__ my, double* __restrict__ sxy,
                                    double* __restrict__ sxx, double* __restrict__ syy,
                                    int cx, int cy, int64_t T, int64_t tile, int64_t n_tiles,
