@@ -168,7 +168,6 @@ FwdResult weighted_sisdr_fwd_cuda(const at::Tensor& est_in, const at::Tensor& re
 
   // 1. tile records: float (fp16/bf16/fp32 inputs) or double (fp64), or merged ATen stats.
   at::Tensor part, merged0;
-  const int rec_bytes = out_f64 ? 8 : 4;
   if (ny > 0) {
     const int64_t rec_size = ugr_cuda::RecLayout{cx, c}.size();
     part = at::empty({batch * n_tiles * rec_size}, est.options().dtype(out_f64 ? at::kDouble : at::kFloat));
@@ -225,18 +224,12 @@ FwdResult weighted_sisdr_fwd_cuda(const at::Tensor& est_in, const at::Tensor& re
   const unsigned int epi_blocks = static_cast<unsigned int>(ceil_div(batch, K::kWarps));
   const K::NormaliseArgs nargs{ws.mutable_data_ptr<double>(), batch, n_items, c, cx, by_source};
   auto run = [&](auto out) {
+    // float64 inputs: double records and outputs; fp16/bf16/fp32: float records and outputs.
     using out_t = std::remove_pointer_t<decltype(out.loss)>;
-    if (rec_bytes == 8) {
-      K::EpilogueArgs<double> args{};
-      fill(args);
-      args.part = part.defined() ? part.const_data_ptr<double>() : nullptr;
-      K::fused_epilogue_kernel<double, out_t><<<epi_blocks, K::kThreads, 0, stream>>>(args, out);
-    } else {
-      K::EpilogueArgs<float> args{};
-      fill(args);
-      args.part = part.defined() ? part.const_data_ptr<float>() : nullptr;
-      K::fused_epilogue_kernel<float, out_t><<<epi_blocks, K::kThreads, 0, stream>>>(args, out);
-    }
+    K::EpilogueArgs<out_t> args{};
+    fill(args);
+    args.part = part.defined() ? part.const_data_ptr<out_t>() : nullptr;
+    K::fused_epilogue_kernel<out_t, out_t><<<epi_blocks, K::kThreads, 0, stream>>>(args, out);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     K::fused_normalise_kernel<out_t><<<1, K::kThreads, 0, stream>>>(nargs, out);
     C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -6,7 +6,8 @@ float64 instructions counted (an fp64 "lane-op" is one of these executed by one
 thread): the D* arithmetic (DADD, DMUL, DFMA, DSETP, DSET, DMNMX, DMMA) and the
 conversions and special functions that run on the fp64 pipe (F2F / F2I / I2F / FRND
 with an F64 operand, MUFU.RCP64H / RSQ64H). A loop is a backward branch: every
-instruction between the target and the branch is "in a loop".
+instruction between the target and the branch is "in a loop"; an innermost loop
+contains no other loop (the per-sample loops of the T-sized kernels are innermost).
 """
 from __future__ import annotations
 
@@ -157,7 +158,10 @@ def sass_fp64(obj: str | Path) -> list[dict]:
                 tgt = int(_BRA_ADDR.search(args).group(1), 16)
                 if tgt <= addr:
                     loops.append((tgt, addr))
-        total = in_loop = 0
+        # Innermost loops: those that contain no other loop (the per-sample loops).
+        inner = [(lo, hi) for lo, hi in loops
+                 if not any((a, b) != (lo, hi) and lo <= a and b <= hi for a, b in loops)]
+        total = in_loop = in_inner = 0
         ops: dict[str, int] = {}
         for addr, op, _ in insns:
             if is_fp64(op):
@@ -165,8 +169,10 @@ def sass_fp64(obj: str | Path) -> list[dict]:
                 ops[op] = ops.get(op, 0) + 1
                 if any(lo <= addr <= hi for lo, hi in loops):
                     in_loop += 1
-        cur.update(fp64=total, fp64_in_loops=in_loop, fp64_ops=ops, instructions=len(insns),
-                   loops=len(loops))
+                if any(lo <= addr <= hi for lo, hi in inner):
+                    in_inner += 1
+        cur.update(fp64=total, fp64_in_loops=in_loop, fp64_in_inner_loops=in_inner,
+                   fp64_ops=ops, instructions=len(insns), loops=len(loops))
         out.append(cur)
 
     for line in text.splitlines():
