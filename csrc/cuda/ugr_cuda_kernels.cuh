@@ -106,8 +106,8 @@ combine_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ y,
                scalar_t* __restrict__ out, int cx, int cy, int64_t T, int64_t tile,
                int64_t n_tiles, bool vec_ok) {
   constexpr int VEC = combine_vec<scalar_t, NC>();
-  const int64_t b = blockIdx.x / n_tiles;
-  const int64_t t_idx = blockIdx.x % n_tiles;
+  const int64_t b = blockIdx.x / static_cast<unsigned>(n_tiles);    // 32-bit division
+  const int64_t t_idx = blockIdx.x % static_cast<unsigned>(n_tiles);
   const int64_t start = t_idx * tile;
   const int64_t end = start + tile_count(t_idx, tile, T);
 

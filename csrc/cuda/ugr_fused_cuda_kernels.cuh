@@ -581,8 +581,11 @@ template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads) fused_backward_kernel(BwdArgs<scalar_t> A) {
   const int tid = threadIdx.x;
   const int C = A.c;
-  const int64_t b = blockIdx.x / A.n_tiles;
-  const int64_t t_idx = blockIdx.x % A.n_tiles;
+  // 32-bit index division (the grid is < 2^31 blocks): a 64-bit one is a call, and the
+  // kernel would spill around it.
+  const unsigned n_tiles = static_cast<unsigned>(A.n_tiles);
+  const int64_t b = blockIdx.x / n_tiles;
+  const int64_t t_idx = blockIdx.x % n_tiles;
   const int64_t start = t_idx * A.tile;
   const int64_t n = tile_count(t_idx, A.tile, A.T);
   __shared__ RowFactors s_f[kBwdRows];

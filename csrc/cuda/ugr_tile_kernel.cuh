@@ -233,9 +233,12 @@ tile_stats_kernel(TileArgs<scalar_t, rec_t> A) {
   constexpr int kCount = 2 * GX + 2 * NY + GX * NY;
   static_assert(kCount <= kThreads && NR <= 32, "one thread per accumulator / row");
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int64_t g = blockIdx.x % A.groups;
-  const int64_t bt = blockIdx.x / A.groups;
-  const int64_t b = bt / A.n_tiles, t_idx = bt % A.n_tiles;
+  // 32-bit index division (the grid is < 2^31 blocks; a 64-bit one is a call).
+  const unsigned groups = static_cast<unsigned>(A.groups);
+  const unsigned n_tiles = static_cast<unsigned>(A.n_tiles);
+  const int64_t g = blockIdx.x % groups;
+  const unsigned bt = blockIdx.x / groups;
+  const int64_t b = bt / n_tiles, t_idx = bt % n_tiles;
   const int64_t start = t_idx * A.tile;
   const int64_t n = tile_count(t_idx, A.tile, A.T);
   const int x_first = static_cast<int>(g) * GX;
