@@ -216,12 +216,20 @@ __device__ __forceinline__ acc_t row_shift(const scalar_t* p, int64_t n, acc_t s
   const int64_t k = n < kShiftSamples ? n : kShiftSamples;
   acc_t sum = acc_t(0);
   for (int64_t t = 0; t < k; ++t) sum += static_cast<acc_t>(widen(p[t])) * s;
-  return sum / static_cast<acc_t>(k);
+  // Any shift near the mean will do (it is stored and used as rounded): the fast fp32
+  // division, whose IEEE slow path would be a call (and a spill on sm_80).
+  if constexpr (sizeof(acc_t) == 4) {
+    return __fdividef(sum, static_cast<float>(k));
+  } else {
+    return sum / static_cast<acc_t>(k);
+  }
 }
 
-// GX x rows per block (the group), NY >= cy y rows. Block of kThreads.
+// GX x rows per block (the group), NY >= cy y rows. Block of kThreads. (Min. 1 block per
+// SM in the launch bounds: with the default, sm_80's ptxas held tile<fp16, 1, 1> to 48
+// registers and spilled 12 B.)
 template <typename scalar_t, typename rec_t, int GX, int NY>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 1)
 tile_stats_kernel(TileArgs<scalar_t, rec_t> A) {
   using Tr = TileTraits<scalar_t>;
   using acc_t = typename Tr::acc_t;
@@ -236,9 +244,9 @@ tile_stats_kernel(TileArgs<scalar_t, rec_t> A) {
   // 32-bit index division (the grid is < 2^31 blocks; a 64-bit one is a call).
   const unsigned groups = static_cast<unsigned>(A.groups);
   const unsigned n_tiles = static_cast<unsigned>(A.n_tiles);
-  const int64_t g = blockIdx.x % groups;
+  const int g = static_cast<int>(blockIdx.x % groups);
   const unsigned bt = blockIdx.x / groups;
-  const int64_t b = bt / n_tiles, t_idx = bt % n_tiles;
+  const unsigned b = bt / n_tiles, t_idx = bt % n_tiles;
   const int64_t start = t_idx * A.tile;
   const int64_t n = tile_count(t_idx, A.tile, A.T);
   const int x_first = static_cast<int>(g) * GX;
@@ -333,34 +341,35 @@ tile_stats_kernel(TileArgs<scalar_t, rec_t> A) {
 #pragma unroll
       for (int v = 0; v < kCount; ++v) a[v].renorm();
     }
-    if constexpr (!Tr::kScaled) continue;   // one pass
-    // Was every row's scaled range within the window? Block max of |v| per row.
+    if constexpr (Tr::kScaled) {   // (fp16 and fp64: one pass)
+      // Was every row's scaled range within the window? Block max of |v| per row.
 #pragma unroll
-    for (int r = 0; r < NR; ++r) {
-      float v = m[r];
+      for (int r = 0; r < NR; ++r) {
+        float v = m[r];
 #pragma unroll
-      for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
-      if (lane == 0) s_max[warp][r] = v;
-    }
-    __syncthreads();
-    if (tid < NR && live(tid) && pass == 0) {
-      float mx = 0.0f;
+        for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
+        if (lane == 0) s_max[warp][r] = v;
+      }
+      __syncthreads();
+      if (tid < NR && live(tid) && pass == 0) {
+        float mx = 0.0f;
 #pragma unroll
-      for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, s_max[w][tid]);
-      // Non-finite or all-zero rows keep their scale (their sums are what they are).
-      if (mx > 0.0f && mx <= 3.4028235e38f) {
-        const int span = ugr_ff::exponent_of(mx) + s_exp[tid];
-        if (span > kScaleWindow || span < -kScaleWindow) {
-          const int e = scale_exp_for(mx);
-          s_exp[tid] = e;
-          s_shift[tid] = row_shift<scalar_t, acc_t>(row_ptr(A, b, global_row(tid)) + start, n,
-                                                    static_cast<acc_t>(ugr_ff::pow2f(e)));
-          s_retry = 1;   // every writer writes 1: no race on the value
+        for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, s_max[w][tid]);
+        // Non-finite or all-zero rows keep their scale (their sums are what they are).
+        if (mx > 0.0f && mx <= 3.4028235e38f) {
+          const int span = ugr_ff::exponent_of(mx) + s_exp[tid];
+          if (span > kScaleWindow || span < -kScaleWindow) {
+            const int e = scale_exp_for(mx);
+            s_exp[tid] = e;
+            s_shift[tid] = row_shift<scalar_t, acc_t>(row_ptr(A, b, global_row(tid)) + start, n,
+                                                      static_cast<acc_t>(ugr_ff::pow2f(e)));
+            s_retry = 1;   // every writer writes 1: no race on the value
+          }
         }
       }
+      __syncthreads();
+      if (s_retry == 0) break;
     }
-    __syncthreads();
-    if (s_retry == 0) break;
   }
 
   // Fixed-order block reduction: butterfly within warps, then the warps in order.
