@@ -44,36 +44,58 @@ def _want_cuda() -> bool:
     return True
 
 
-def _extension():
-    sources = _rel([os.path.join(HERE, "csrc", "bindings.cpp"),
-                    os.path.join(HERE, "csrc", "ugr_cpu.cpp"),
-                    os.path.join(HERE, "csrc", "ugr_fused_cpu.cpp")])
-    include_dirs = [os.path.join(HERE, "csrc")]
-    # The C++ standard flag comes from torch (C++20 for torch 2.13).
-    cxx = ["-O3", "-fopenmp", "-fno-math-errno"]
+def cxx_flags():
+    """Host-compiler flags of the extension's C++ sources (the C++ standard comes from torch)."""
     if os.environ.get("UGR_DEBUG", "0") == "1":
-        cxx = ["-O0", "-g", "-fopenmp"]
+        return ["-O0", "-g", "-fopenmp"]
+    return ["-O3", "-fopenmp", "-fno-math-errno"]
+
+
+def nvcc_flags():
+    """nvcc flags of csrc/cuda/*.cu (torch's BuildExtension adds its own common flags,
+    the -gencode list from TORCH_CUDA_ARCH_LIST and -std). Also read by
+    .ci/cuda_build.py, which compiles and links the CUDA objects on a CPU-only machine.
+
+    No --use_fast_math: SI-SDR above 60 dB needs IEEE division/sqrt and no FTZ, and the
+    compensated (float-float) sums of the kernels need exact fp32 rounding and FMA.
+    """
+    return ["-O3", "-DUGR_WITH_CUDA", "-lineinfo"]
+
+
+def sources():
+    """The C++ sources (always) and the CUDA sources (when built with CUDA), relative."""
+    cpp = _rel([os.path.join(HERE, "csrc", "bindings.cpp"),
+                os.path.join(HERE, "csrc", "ugr_cpu.cpp"),
+                os.path.join(HERE, "csrc", "ugr_fused_cpu.cpp")])
+    cu = _rel(glob.glob(os.path.join(HERE, "csrc", "cuda", "*.cu")))
+    return cpp, cu
+
+
+def _extension():
+    cpp, cu = sources()
+    include_dirs = [os.path.join(HERE, "csrc")]
+    cxx = cxx_flags()
     if _want_cuda():
-        sources += _rel(glob.glob(os.path.join(HERE, "csrc", "cuda", "*.cu")))
-        # No --use_fast_math: SI-SDR above 60 dB needs IEEE division/sqrt and no FTZ.
-        nvcc = ["-O3", "-DUGR_WITH_CUDA", "-lineinfo"]
         return CUDAExtension(
             name="ugr_kernels._C",
-            sources=sources,
+            sources=cpp + cu,
             include_dirs=include_dirs,
-            extra_compile_args={"cxx": cxx + ["-DUGR_WITH_CUDA"], "nvcc": nvcc},
+            extra_compile_args={"cxx": cxx + ["-DUGR_WITH_CUDA"], "nvcc": nvcc_flags()},
             extra_link_args=["-fopenmp"],
         )
     return CppExtension(
         name="ugr_kernels._C",
-        sources=sources,
+        sources=cpp,
         include_dirs=include_dirs,
         extra_compile_args={"cxx": cxx},
         extra_link_args=["-fopenmp"],
     )
 
 
-setup(
-    ext_modules=[_extension()],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-)
+# Guarded so that .ci/cuda_build.py can import the flags; pip and `python setup.py`
+# run this file as __main__.
+if __name__ == "__main__":
+    setup(
+        ext_modules=[_extension()],
+        cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    )

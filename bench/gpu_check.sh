@@ -1,28 +1,31 @@
 #!/usr/bin/env bash
-# One-shot GPU check: build the CUDA extension, run the GPU tests, benchmark, report.
+# One-shot GPU check in one call of at most 9 minutes: build the CUDA extension for this
+# card's arch only, run the GPU tests (pytest -m gpu), time
+# the core rows of bench/bench_gpu.py, and one training step on CUDA (bench_train.py).
 #
 #   bash bench/gpu_check.sh                 # from the repository root
 #
 # Everything goes to a work folder: env.json, nvidia-smi.txt, <step>.log,
-# steps.tsv, tests.xml, bench_gpu.json and report.md (rewritten after every step,
-# so an interrupted run still leaves a report). When $OUT is set (a folder whose
-# files are collected, possibly only a few of them), the work folder is
-# build/gpu_check/ and after every step $OUT receives just report.md,
-# bench_gpu.json, tests.xml and logs.tar.gz (all the rest); without $OUT the work
-# folder is bench/results/gpu-<date>/. A failing step is recorded and the script
-# goes on. Needs torch (with CUDA) and triton installed; uses no network.
+# steps.tsv, tests.xml, bench_gpu.json, bench_train.json and report.md (rewritten after
+# every step, so an interrupted run still leaves a report). When $OUT is set (a folder
+# whose files are collected, possibly only a few of them), the work folder is
+# build/gpu_check/ and after every step $OUT receives just report.md, bench_gpu.json,
+# bench_train.json, tests.xml and logs.tar.gz (all the rest); without $OUT the work
+# folder is bench/results/gpu-<date>/. A failing step is recorded and the script goes on.
+# Needs torch (with CUDA) and triton installed; uses no network.
+#
+# Time limits (seconds; together 530 s, under 9 minutes with the start-up):
+#   env 30, build 200 (one arch: TORCH_CUDA_ARCH_LIST from the device's capability),
+#   tests 120, bench 120 (the core rows: ugr backends vs a device copy at the default
+#   grid, UGR_BENCH_ROUNDS=5), train 60.
 #
 # Knobs (environment):
-#   UGR_GPU_STEPS   steps to run, default "env build tests bench"
-#   UGR_T_BUILD, UGR_T_TESTS, UGR_T_BENCH   time limits in seconds (240, 300, 300)
-#   UGR_BENCH_FULL=1  benchmark the slow rows on the full grid too
-#   UGR_BENCH_ROUNDS  timed rounds per benchmark (default 20)
+#   UGR_GPU_STEPS   steps to run, default "env build tests bench train"
+#   UGR_T_BUILD, UGR_T_TESTS, UGR_T_BENCH, UGR_T_TRAIN   the limits above
+#   UGR_BENCH_FULL=1  benchmark the slow rows on the full grid too (not in 9 minutes)
+#   UGR_BENCH_ROUNDS  timed rounds per benchmark (default 5 here)
 #   MAX_JOBS, TORCH_CUDA_ARCH_LIST   passed to the extension build (defaults: nproc,
 #                                    the compute capability of GPU 0)
-#
-# Under a 10-minute limit per command, split the run in two calls on a warm
-# machine: UGR_GPU_STEPS="env build tests", then UGR_GPU_STEPS="env build bench"
-# (the second build is incremental when the first one's outputs are still there).
 #   UGR_GPU_WORK    the work folder when $OUT is set (default build/gpu_check, wiped)
 set -u
 cd "$(dirname "$0")/.." || exit 1
@@ -42,7 +45,8 @@ else
 fi
 mkdir -p "$WORK"
 WORK=$(cd "$WORK" && pwd)
-STEPS=${UGR_GPU_STEPS:-"env build tests bench"}
+STEPS=${UGR_GPU_STEPS:-"env build tests bench train"}
+export UGR_BENCH_ROUNDS=${UGR_BENCH_ROUNDS:-5}
 PY=${PYTHON:-python}
 export PYTHONUNBUFFERED=1
 
@@ -51,7 +55,7 @@ report() {
         || echo "(gpu_report.py failed)" >&2
     if [ "$WORK" != "$OUT" ]; then
         local f
-        for f in report.md bench_gpu.json tests.xml; do
+        for f in report.md bench_gpu.json bench_train.json tests.xml; do
             [ -f "$WORK/$f" ] && cp "$WORK/$f" "$OUT/$f"
         done
         tar czf "$OUT/logs.tar.gz" -C "$WORK" . 2>/dev/null || true
@@ -140,30 +144,44 @@ EOF
 }
 
 step_tests() {
-    "$PY" -m pytest tests/test_gpu.py tests/test_backend_triton.py -q -rs \
+    # Every GPU test (marker gpu: tests/test_gpu.py, tests/test_train_gpu.py, ...).
+    "$PY" -m pytest -m gpu tests -q -rs \
         -p no:cacheprovider --junitxml="$WORK/tests.xml"
 }
 
 step_bench() {
+    # The core rows: the ugr backends and the device copy (the bandwidth reference).
+    local sel="test_ugr_backend or test_copy_bandwidth"
     if "$PY" -c "import pytest_benchmark" 2>/dev/null; then
-        "$PY" -m pytest bench/bench_gpu.py -q -p no:cacheprovider --benchmark-only \
+        "$PY" -m pytest bench/bench_gpu.py -q -p no:cacheprovider --benchmark-only -k "$sel" \
             --benchmark-json="$WORK/bench_gpu.json" --benchmark-columns=mean,stddev,rounds
     else
         echo "pytest-benchmark is not installed: using the stand-in fixture"
         UGR_BENCH_JSON="$WORK/bench_gpu.json" "$PY" -m pytest bench/bench_gpu.py -q \
-            -p no:cacheprovider
+            -p no:cacheprovider -k "$sel"
+    fi
+}
+
+step_train() {
+    # One SuDoRM-RF step on CUDA (bf16 autocast), eager only, the smallest model.
+    if "$PY" -c "import pytest_benchmark" 2>/dev/null; then
+        "$PY" -m pytest bench/bench_train.py -q -p no:cacheprovider --benchmark-only \
+            -k "tiny and eager" --benchmark-json="$WORK/bench_train.json"
+    else
+        "$PY" -m pytest bench/bench_train.py -q -p no:cacheprovider -k "tiny and eager"
     fi
 }
 
 echo "ugr GPU check -> $OUT (work folder $WORK; steps: $STEPS)"
 : >"$WORK/steps.tsv"
 export PY OUT WORK
-export -f step_env step_build step_tests step_bench
+export -f step_env step_build step_tests step_bench step_train
 overall=0
-if want env; then run_step env 120 bash -c step_env || overall=1; fi
-if want build; then run_step build "${UGR_T_BUILD:-240}" bash -c step_build || overall=1; fi
-if want tests; then run_step tests "${UGR_T_TESTS:-300}" bash -c step_tests || overall=1; fi
-if want bench; then run_step bench "${UGR_T_BENCH:-300}" bash -c step_bench || overall=1; fi
+if want env; then run_step env 30 bash -c step_env || overall=1; fi
+if want build; then run_step build "${UGR_T_BUILD:-200}" bash -c step_build || overall=1; fi
+if want tests; then run_step tests "${UGR_T_TESTS:-120}" bash -c step_tests || overall=1; fi
+if want bench; then run_step bench "${UGR_T_BENCH:-120}" bash -c step_bench || overall=1; fi
+if want train; then run_step train "${UGR_T_TRAIN:-60}" bash -c step_train || overall=1; fi
 report
 echo "report: $OUT/report.md"
 exit $overall

@@ -20,12 +20,16 @@ import ugr_kernels.fused  # noqa: F401  (defines the ugr::weighted_sisdr_fwd/_bw
 
 HERE = Path(__file__).resolve().parent / "cuda_emulation"
 CXX = shutil.which("g++") or shutil.which("clang++")
+# No contraction (the float-float arithmetic needs every operation rounded as written,
+# as nvcc's __f*_rn intrinsics are); 64 threads per block (2 warps) to run in CI's time.
+_EMU_FLAGS = [CXX, "-std=c++20", "-O1", "-ffp-contract=off", "-DUGR_CUDA_THREADS=64",
+              "-pthread"]
 
 
 @pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++ or clang++) on PATH")
 def test_cuda_kernels_match_float64_under_emulation(tmp_path):
     exe = tmp_path / "check_kernels"
-    build = subprocess.run([CXX, "-std=c++20", "-O1", "-pthread", f"-I{HERE}",
+    build = subprocess.run([*_EMU_FLAGS, f"-I{HERE}",
                             str(HERE / "check_kernels.cc"), "-o", str(exe)],
                            capture_output=True, text=True)
     if build.returncode != 0 and "barrier" in build.stderr:
@@ -43,7 +47,7 @@ def test_cuda_kernels_match_float64_under_emulation(tmp_path):
 
 _HEADER = ("B", "C", "T", "has_mix", "by_source", "pit", "zero_mean", "has_bias", "has_mask",
            "dtype", "tile", "has_gs", "has_gsi", "gl_f64", "naive_stats", "bias_per_example")
-_DTYPES = {0: torch.float64, 1: torch.float32, 2: torch.bfloat16}
+_DTYPES = {0: torch.float64, 1: torch.float32, 2: torch.bfloat16, 3: torch.float16}
 
 
 def _cpu_op_ready() -> bool:
@@ -53,17 +57,21 @@ def _cpu_op_ready() -> bool:
 def _fused_case(seed, B, C, T, *, mix=True, by_source=True, pit=True, zero_mean=True,
                 bias=False, mask=False, dtype=1, tile=256, gs=True, gsi=True, gl_f64=False,
                 naive=False, bias_per_example=False, eps=1e-12, clamp_db=math.inf, alpha=0.7,
-                silent=(), nan=(), ties=False, grad_loss=1.3):
+                silent=(), nan=(), ties=False, grad_loss=1.3, signals=None):
     g = torch.Generator().manual_seed(seed)
     ref = torch.randn(B, C, T, generator=g, dtype=torch.float64)
     level = torch.logspace(-2, 0.3, B, dtype=torch.float64).view(B, 1, 1)
     est = ref.roll(1, dims=1) + level * torch.randn(B, C, T, generator=g, dtype=torch.float64)
     est = est + 0.3 * torch.randn(B, C, 1, generator=g, dtype=torch.float64)   # DC offsets
+    if signals is not None:                 # given (est, ref[, mixture]) in float64
+        est, ref = signals[0].clone(), signals[1].clone()
     if ties and C > 1:
         est[:, 1] = est[:, 0]
     for (what, b, k) in silent:            # zero rows: masked items
         {"est": est, "ref": ref}[what][b, k] = 0.0
     mixture = ref.sum(1) + 0.5 * torch.randn(B, T, generator=g, dtype=torch.float64)
+    if signals is not None and len(signals) > 2:
+        mixture = signals[2].clone()
     for (what, b, k) in nan:
         if what == "mix":
             mixture[b, T // 2] = math.nan
@@ -122,8 +130,62 @@ def _fused_cases():
         # bfloat16 inputs, a single gradient input, grad_loss only
         _fused_case(15, 2, 2, 333, dtype=2, tile=128, gs=False),
         _fused_case(16, 2, 3, 130, dtype=2, tile=64, by_source=False, gs=False, gsi=False),
+        # float16 inputs (no scale in the tile pass), vector loads (T, tile % 4 == 0)
+        _fused_case(17, 3, 2, 512, dtype=3, tile=128),
+        _fused_case(18, 2, 4, 301, dtype=3, tile=64, by_source=False, mask=True),
+        # vector loads for every dtype; PIT off with 5 and 6 sources (row groups of 4)
+        _fused_case(19, 2, 3, 1024, dtype=1, tile=256, pit=False, bias=True),
+        _fused_case(20, 2, 6, 256, dtype=1, tile=128, pit=False),
+        _fused_case(21, 2, 5, 200, dtype=2, tile=64, by_source=False),
+        _fused_case(22, 2, 6, 128, dtype=0, tile=64, mix=False, clamp_db=20.0),
+        # B = 70 (several blocks of the per-example epilogue), both granularities
+        _fused_case(23, 70, 2, 64, dtype=1, tile=32, mask=True, bias=True),
+        _fused_case(24, 70, 3, 33, dtype=3, tile=16, by_source=False, mask=True),
     ]
+    cases += _nasty_cases()
     return cases
+
+
+def _at_db(ref, db, seed):
+    """An estimate exactly db dB SI-SDR from ref (noise orthogonal to the centred ref)."""
+    g = torch.Generator().manual_seed(seed)
+    ref = ref - ref.mean(-1, keepdim=True)
+    noise = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    noise = noise - noise.mean(-1, keepdim=True)
+    noise = noise - (noise * ref).sum(-1, keepdim=True) / (ref * ref).sum(-1, keepdim=True) * ref
+    scale = torch.sqrt((ref * ref).sum(-1, keepdim=True) / (noise * noise).sum(-1, keepdim=True))
+    return ref + noise * scale * 10 ** (-db / 20)
+
+
+def _nasty_cases():
+    """The hardening list (tests/test_hardening.py) for the CUDA kernels: high SI-SDR in
+    fp32, extreme amplitudes and denormals, DC offsets, an exact multiple (the eps
+    ceiling), T = 2. Marked with "oracle" for the float64 comparison below."""
+    g = torch.Generator().manual_seed(5)
+    out = []
+    ref = torch.randn(2, 2, 700, generator=g, dtype=torch.float64)
+    for i, db in enumerate((60.0, 80.0, 90.0)):
+        est = _at_db(ref, db, seed=i)
+        out.append(dict(_fused_case(40 + i, 2, 2, 700, dtype=1, tile=256, mix=False,
+                                    signals=(est, ref)), oracle=f"{db:g} dB"))
+    base = torch.randn(2, 2, 200, generator=g, dtype=torch.float64)
+    base_est = base + 0.5 * torch.randn(2, 2, 200, generator=g, dtype=torch.float64)
+    for i, amp in enumerate((1e30, 1e-30, 1e-41)):
+        for dt in (1, 2):
+            out.append(dict(_fused_case(50 + i, 2, 2, 200, dtype=dt, tile=64, mix=False,
+                                        signals=(base_est * amp, base * amp)),
+                            oracle=f"amplitude {amp:g}"))
+    dc = 1e4 + 1e-3 * torch.randn(2, 2, 400, generator=g, dtype=torch.float64)
+    dc_est = 1e4 + 1e-3 * torch.randn(2, 2, 400, generator=g, dtype=torch.float64)
+    out.append(dict(_fused_case(60, 2, 2, 400, dtype=1, tile=128,
+                                signals=(dc_est, dc, dc.sum(1))), oracle="DC offset 1e4"))
+    exact = torch.randn(2, 2, 500, generator=g, dtype=torch.float64).float().double()
+    out.append(dict(_fused_case(61, 2, 2, 500, dtype=1, tile=128, mix=False,
+                                signals=(0.37 * exact, exact)), oracle="exact multiple"))
+    t2 = torch.randn(3, 2, 2, generator=g, dtype=torch.float64)
+    out.append(dict(_fused_case(62, 3, 2, 2, dtype=1, tile=2, signals=(t2 + 0.1, t2)),
+                    oracle="T=2"))
+    return out
 
 
 def _write_cases(path, cases):
@@ -200,12 +262,36 @@ def _assert_close_scaled(got, want, rtol, what):
     assert err <= rtol * scale + 1e-300, f"{what}: max error {err:.3e} vs scale {scale:.3e}"
 
 
+def _check_oracle(c, got, tag):
+    """SI-SDR(i) of the emulated kernels against the textbook float64 reference on the
+    same (dtype-rounded) values: within 0.01 dB (0.5 dB where the values are denormal or
+    at the eps ceiling, as in tests/test_hardening.py); a DC offset leaves the gradient
+    zero-mean over time."""
+    import ugr_kernels as uk
+    h = c["header"]
+    dt = _DTYPES[h["dtype"]]
+    est, ref = c["est"].to(dt).double(), c["ref"].to(dt).double()
+    mix = c["mix"].to(dt).double() if c["mix"] is not None else None
+    eps, clamp_db, _, _ = c["params"]
+    want = uk.weighted_sisdr(est, ref, mixture=mix, backend="reference", eps=eps)
+    loose = c["oracle"] in ("amplitude 1e-41", "exact multiple")
+    tol = 0.5 if loose else 0.01
+    for name in ("sisdr", "sisdri") if mix is not None else ("sisdr",):
+        err = (got[name] - getattr(want, name).double()).abs().max().item()
+        assert err <= tol, f"{c['oracle']}: {name} off the float64 oracle by {err:.3g} dB: {tag}"
+    if c["oracle"] == "exact multiple":
+        assert bool((got["sisdr"] > 115).all()), tag
+    if c["oracle"].startswith("DC"):
+        d = got["d_est"]
+        assert d.sum(-1).abs().max().item() <= 1e-4 * d.abs().max().item(), tag
+
+
 @pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++ or clang++) on PATH")
 def test_fused_cuda_kernels_match_cpu_op_under_emulation(tmp_path):
     if not _cpu_op_ready():
         pytest.skip("the compiled extension (CPU kernels of the fused ops) is not built")
     exe = tmp_path / "check_fused"
-    build = subprocess.run([CXX, "-std=c++20", "-O1", "-pthread", f"-I{HERE}",
+    build = subprocess.run([*_EMU_FLAGS, f"-I{HERE}",
                             str(HERE / "check_fused.cc"), "-o", str(exe)],
                            capture_output=True, text=True)
     if build.returncode != 0 and "barrier" in build.stderr:
@@ -223,22 +309,35 @@ def test_fused_cuda_kernels_match_cpu_op_under_emulation(tmp_path):
         fwd, bwd = _cpu_reference(c)
         loss, sisdr, sisdri, weights, perm, valid, coef = fwd
         rtol = 1e-9 if f64 else 2e-6
+        # Near the SI-SDR ceiling (the 60-90 dB and exact-multiple cases) d SI-SDR / d sxy
+        # and the weights amplify the ~1e-14 relative error of the float-float sums by
+        # 1 / (1 - rho^2) (up to 1e9, 1e12 at eps): checked against the CPU op at 1e-3 /
+        # 3e-2 there, and the SI-SDR itself against the float64 oracle (_check_oracle).
+        # Denormal inputs (1e-41): the float-float products of the fp32 backward lose the
+        # bits below 2^-149, a few % of d est (the SI-SDR stays within 0.5 dB, as required
+        # of every backend by tests/test_hardening.py).
+        loose = {"60 dB": 1e-3, "80 dB": 1e-3, "90 dB": 1e-3, "exact multiple": 3e-2,
+                 "amplitude 1e-41": 5e-2}.get(c.get("oracle"), 0.0)
         assert torch.equal(got["perm"].long(), perm), tag
         assert torch.equal(got["valid"].bool(), valid), tag
         assert torch.equal(got["coef"][..., 5:], coef[..., 5:]), tag      # gates, flags
         for name, want in (("loss", loss), ("sisdr", sisdr), ("sisdri", sisdri),
                            ("weights", weights)):
-            torch.testing.assert_close(got[name], want.double(), rtol=rtol, atol=rtol,
+            tol = max(rtol, loose)
+            torch.testing.assert_close(got[name], want.double(), rtol=tol, atol=tol,
                                        equal_nan=True, msg=f"{name}: {tag}")
         for slot in range(5):
-            _assert_close_scaled(got["coef"][..., slot], coef[..., slot], 1e-8,
+            _assert_close_scaled(got["coef"][..., slot], coef[..., slot], max(1e-8, loose),
                                  f"coef[{slot}]: {tag}")
         # The backward: end to end, and on the emulated coefficients (its arithmetic alone).
-        d_tol = {0: 1e-9, 1: 2e-6, 2: 2 ** -7}[h["dtype"]]
+        d_tol = max(loose, {0: 1e-9, 1: 2e-6, 2: 2 ** -7, 3: 2 ** -10}[h["dtype"]])
         _assert_close_scaled(got["d_est"], bwd(perm, coef), d_tol, f"d_est: {tag}")
         own = bwd(got["perm"].long(), got["coef"])
-        _assert_close_scaled(got["d_est"], own, {0: 1e-12, 1: 2e-7, 2: 2 ** -8}[h["dtype"]],
+        _assert_close_scaled(got["d_est"], own,
+                             max(loose, {0: 1e-12, 1: 2e-7, 2: 2 ** -8, 3: 2 ** -11}[h["dtype"]]),
                              f"d_est (emulated coef): {tag}")
+        if "oracle" in c:                          # the hardening list: float64 oracle
+            _check_oracle(c, got, tag)
         zero_rows = (coef[..., 1] == 0) & (coef[..., 2] == 0)
         if zero_rows.any():                       # masked items: exactly 0 (never 0 * NaN)
             b_idx, j_idx = zero_rows.nonzero(as_tuple=True)

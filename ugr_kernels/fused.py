@@ -23,8 +23,8 @@ compiled graph); bias float64 and mask bool of the item shape ((B, C) when
 ``by_source``, else (B,)) or None, on est's device; ``clamp_db = inf`` for no clamp;
 ``eps`` relative. The CPU kernels raise ``ValueError`` for a non-finite alpha or bias;
 the CUDA kernels cannot without a sync: there those items drop out of the pmf, and
-``check_finite`` raises (the extension's CUDA forward + backward is three launches, no
-host sync).
+``check_finite`` raises (the extension's CUDA forward + backward is four launches (tile pass,
+per-example epilogue, batch normaliser, backward), no host sync).
 
 Forward outputs: loss 0-d; sisdr, sisdri (B, C) (sisdri all 0 without a mixture);
 weights of the item shape; float outputs float64 for float64 inputs, else float32; perm

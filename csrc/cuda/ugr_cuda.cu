@@ -1,16 +1,17 @@
 // CUDA implementation of the two T-sized passes (contract: csrc/ugr.h and
-// ugr_kernels/backends/__init__.py); kernels in ugr_cuda_kernels.cuh.
+// ugr_kernels/backends/__init__.py); kernels in ugr_cuda_kernels.cuh and ugr_tile_kernel.cuh.
 //
-// stats_cuda: per-(example, tile) partials (shifted sums in fp32, or fp64 for
-// double inputs, turned into tile means and centred sums in double) and a merge
-// kernel in double with a fixed tile order, so results are bitwise repeatable for
-// a given shape and device. combine_cuda: one elementwise-in-T pass.
-// Both run on the current CUDA stream, never synchronise with the host, and are
-// therefore safe under CUDA-graph capture. More than kMaxNC (8) sources per side
-// fall back to ATen ops (float64, like the torch backend).
+// stats_cuda: per-(example, tile, row group) records (float-float sums of the scaled,
+// shifted samples for fp16/bf16/fp32: exact products, ~48-bit sums, no fp64 per sample;
+// double sums for fp64), then a merge kernel in float64 with a fixed tile order, so
+// results are bitwise repeatable for a given shape and device. combine_cuda: one
+// elementwise-in-T pass in double. Both run on the current CUDA stream, never synchronise
+// with the host, and are therefore safe under CUDA-graph capture. More than kMaxNC (8)
+// sources per side fall back to ATen ops (float64, like the torch backend).
 #include <algorithm>
 #include <cstdint>
 #include <initializer_list>
+#include <type_traits>
 
 #include <ATen/ATen.h>
 #include <ATen/AccumulateType.h>
@@ -21,6 +22,10 @@
 
 #include "../ugr.h"
 #include "ugr_cuda_kernels.cuh"
+
+// fp16 needs no scale in the tile pass (ugr_tile_kernel.cuh).
+template <>
+struct ugr_cuda::IsFp16<c10::Half> : std::true_type {};
 
 namespace {
 
@@ -37,10 +42,10 @@ int bound_nc(int64_t c) {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// The T-tile of a block: the largest of 8192..512 samples that still gives every
-// SM about four blocks (bandwidth needs many blocks in flight), and at least one
-// 16-byte vector per thread. It depends only on (B, T, dtype, device), so the
-// (tile-dependent) rounding of stats is the same on every call.
+// The T-tile of a block: the largest of 16384..4096 samples that still gives every SM
+// about four blocks (bandwidth needs many blocks in flight); shorter signals: one tile.
+// It depends only on (B, T, device), so the (tile-dependent) rounding of stats is the
+// same on every call.
 int multiprocessors() {
   int device = 0, sms = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
@@ -48,19 +53,17 @@ int multiprocessors() {
   return sms > 0 ? sms : 1;
 }
 
-int64_t pick_tile(int64_t batch, int64_t length, int vec) {
+int64_t pick_tile(int64_t batch, int64_t length) {
   const int sms = multiprocessors();
-  const int64_t min_tile = static_cast<int64_t>(kThreads) * vec;
-  int64_t chosen = min_tile;
-  for (int64_t tile : {8192, 4096, 2048, 1024, 512}) {
-    if (tile < min_tile) continue;
+  int64_t chosen = 4096;
+  for (int64_t tile : {16384, 8192, 4096}) {
     chosen = tile;
     if (batch * ceil_div(length, tile) >= 4LL * sms) break;
   }
-  return chosen;
+  return length <= chosen ? length : chosen;
 }
 
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+bool aligned(const void* p, int bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
 void check_pair(const at::Tensor& x, const at::Tensor& y, const char* what) {
   TORCH_CHECK(x.is_cuda() && y.is_cuda(), what, ": x and y must be CUDA tensors");
@@ -96,15 +99,28 @@ UgrStats stats_fallback(const at::Tensor& x, const at::Tensor& y, bool zero_mean
   return {mx, my, sxy, (x64 * x64).sum(-1), (y64 * y64).sum(-1)};
 }
 
-template <typename scalar_t, typename acc_t, int NC>
+// x-row group GX for a bound NC of the rows: all x rows in one block up to 4, groups
+// of 3 x rows for 8 (no spill).
+template <typename scalar_t, int NC>
 void launch_stats(const at::Tensor& x, const at::Tensor& y, at::Tensor& part, int cx, int cy,
-                  int64_t length, int64_t tile, int64_t n_tiles, bool vec_ok,
-                  cudaStream_t stream) {
-  const int64_t blocks = x.size(0) * n_tiles;
-  ugr_cuda::stats_tile_kernel<scalar_t, acc_t, NC>
-      <<<static_cast<unsigned int>(blocks), kThreads, 0, stream>>>(
-          x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), part.data_ptr<double>(), cx, cy,
-          length, tile, n_tiles, vec_ok);
+                  int64_t length, int64_t tile, int64_t n_tiles, cudaStream_t stream) {
+  using Tr = ugr_cuda::TileTraits<scalar_t>;
+  using rec_t = typename Tr::acc_t;
+  constexpr int GX = NC <= 4 ? NC : 3;
+  ugr_cuda::TileArgs<scalar_t, rec_t> a{};
+  a.x0 = x.const_data_ptr<scalar_t>();
+  a.xm = nullptr;
+  a.y = y.const_data_ptr<scalar_t>();
+  a.part = part.mutable_data_ptr<rec_t>();
+  a.cx0 = cx, a.cx = cx, a.cy = cy;
+  a.groups = static_cast<int>(ceil_div(cx, GX));
+  a.T = length, a.tile = tile, a.n_tiles = n_tiles;
+  a.vec_ok = length % Tr::kVec == 0 && tile % Tr::kVec == 0 && aligned(a.x0, Tr::kBytes) &&
+             aligned(a.y, Tr::kBytes);
+  const int64_t blocks = x.size(0) * n_tiles * a.groups;
+  TORCH_CHECK(blocks <= INT32_MAX, "stats_cuda: too many blocks (B * T / tile)");
+  ugr_cuda::tile_stats_kernel<scalar_t, rec_t, GX, NC>
+      <<<static_cast<unsigned int>(blocks), kThreads, 0, stream>>>(a);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -112,7 +128,11 @@ template <typename scalar_t, typename acc_t, int NC>
 void launch_combine(const at::Tensor& x, const at::Tensor& y, const at::Tensor& mx,
                     const at::Tensor& my, const at::Tensor& g, const at::Tensor& h,
                     at::Tensor& out, int cx, int cy, int64_t length, int64_t tile,
-                    int64_t n_tiles, bool vec_ok, cudaStream_t stream) {
+                    int64_t n_tiles, cudaStream_t stream) {
+  constexpr int kVec = ugr_cuda::combine_vec<scalar_t, NC>();
+  constexpr int kBytes = kVec * static_cast<int>(sizeof(scalar_t));
+  const bool vec_ok = length % kVec == 0 && tile % kVec == 0 && aligned(x.data_ptr(), kBytes) &&
+                      aligned(y.data_ptr(), kBytes) && aligned(out.data_ptr(), kBytes);
   const int64_t blocks = x.size(0) * n_tiles;
   ugr_cuda::combine_kernel<scalar_t, acc_t, NC>
       <<<static_cast<unsigned int>(blocks), kThreads, 0, stream>>>(
@@ -141,14 +161,12 @@ UgrStats stats_cuda(const at::Tensor& x_in, const at::Tensor& y_in, bool zero_me
   if (nc == 0) return stats_fallback(x, y, zero_mean);
   const int cx = static_cast<int>(cx64), cy = static_cast<int>(cy64);
 
-  const int vec = static_cast<int>(16 / x.element_size());
-  const int64_t tile = pick_tile(batch, length, vec);
+  const int64_t tile = pick_tile(batch, length);
   const int64_t n_tiles = ceil_div(length, tile);
-  TORCH_CHECK(batch * n_tiles <= INT32_MAX, "stats_cuda: too many blocks (B * T / tile)");
-  const bool vec_ok = length % vec == 0 && aligned16(x.data_ptr()) && aligned16(y.data_ptr());
-  const int64_t nf = 2 * cx64 + 2 * cy64 + cx64 * cy64;
-
-  at::Tensor part = at::empty({batch, nf, n_tiles}, f64);
+  const int64_t rec_size = ugr_cuda::RecLayout{cx, cy}.size();
+  const bool f64_in = x.scalar_type() == at::kDouble;
+  at::Tensor part = at::empty({batch * n_tiles * rec_size},
+                              x.options().dtype(f64_in ? at::kDouble : at::kFloat));
   at::Tensor mx = at::empty({batch, cx64}, f64);
   at::Tensor my = at::empty({batch, cy64}, f64);
   at::Tensor sxy = at::empty({batch, cx64, cy64}, f64);
@@ -157,19 +175,23 @@ UgrStats stats_cuda(const at::Tensor& x_in, const at::Tensor& y_in, bool zero_me
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "ugr_stats_cuda", [&] {
-    using acc_t = at::acc_type<scalar_t, /*is_cuda=*/true>;
     switch (nc) {
-      case 1: launch_stats<scalar_t, acc_t, 1>(x, y, part, cx, cy, length, tile, n_tiles, vec_ok, stream); break;
-      case 2: launch_stats<scalar_t, acc_t, 2>(x, y, part, cx, cy, length, tile, n_tiles, vec_ok, stream); break;
-      case 4: launch_stats<scalar_t, acc_t, 4>(x, y, part, cx, cy, length, tile, n_tiles, vec_ok, stream); break;
-      default: launch_stats<scalar_t, acc_t, kMaxNC>(x, y, part, cx, cy, length, tile, n_tiles, vec_ok, stream); break;
+      case 1: launch_stats<scalar_t, 1>(x, y, part, cx, cy, length, tile, n_tiles, stream); break;
+      case 2: launch_stats<scalar_t, 2>(x, y, part, cx, cy, length, tile, n_tiles, stream); break;
+      case 4: launch_stats<scalar_t, 4>(x, y, part, cx, cy, length, tile, n_tiles, stream); break;
+      default: launch_stats<scalar_t, kMaxNC>(x, y, part, cx, cy, length, tile, n_tiles, stream); break;
     }
   });
-  const int merge_threads = static_cast<int>(std::min<int64_t>(256, ((nf + 31) / 32) * 32));
-  ugr_cuda::stats_merge_kernel<<<static_cast<unsigned int>(batch), merge_threads, 0, stream>>>(
-      part.data_ptr<double>(), mx.data_ptr<double>(), my.data_ptr<double>(),
-      sxy.data_ptr<double>(), sxx.data_ptr<double>(), syy.data_ptr<double>(), cx, cy, length,
-      tile, n_tiles, zero_mean);
+  const int nf = static_cast<int>(2 * cx64 + 2 * cy64 + cx64 * cy64);
+  const int merge_threads = std::min(256, ((nf + 31) / 32) * 32);
+  auto merge = [&](auto* rec) {
+    ugr_cuda::stats_merge_kernel<<<static_cast<unsigned int>(batch), merge_threads, 0, stream>>>(
+        rec, mx.data_ptr<double>(), my.data_ptr<double>(), sxy.data_ptr<double>(),
+        sxx.data_ptr<double>(), syy.data_ptr<double>(), cx, cy, length, tile, n_tiles,
+        zero_mean);
+  };
+  if (f64_in) merge(part.const_data_ptr<double>());
+  else merge(part.const_data_ptr<float>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {mx, my, sxy, sxx, syy};
 }
@@ -211,22 +233,19 @@ at::Tensor combine_cuda(const at::Tensor& x_in, const at::Tensor& y_in, const at
     return out;
   }
   const int cx = static_cast<int>(cx64), cy = static_cast<int>(cy64);
-  const int vec = static_cast<int>(16 / x.element_size());
-  const int64_t tile = pick_tile(batch, length, vec);
+  const int64_t tile = pick_tile(batch, length);
   const int64_t n_tiles = ceil_div(length, tile);
   TORCH_CHECK(batch * n_tiles <= INT32_MAX, "combine_cuda: too many blocks (B * T / tile)");
-  const bool vec_ok = length % vec == 0 && aligned16(x.data_ptr()) && aligned16(y.data_ptr()) &&
-                      aligned16(out.data_ptr());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "ugr_combine_cuda", [&] {
     // Double arithmetic for every dtype, rounded once at the store (see the kernel).
     using acc_t = double;
     switch (nc) {
-      case 1: launch_combine<scalar_t, acc_t, 1>(x, y, mx, my, g, h, out, cx, cy, length, tile, n_tiles, vec_ok, stream); break;
-      case 2: launch_combine<scalar_t, acc_t, 2>(x, y, mx, my, g, h, out, cx, cy, length, tile, n_tiles, vec_ok, stream); break;
-      case 4: launch_combine<scalar_t, acc_t, 4>(x, y, mx, my, g, h, out, cx, cy, length, tile, n_tiles, vec_ok, stream); break;
-      default: launch_combine<scalar_t, acc_t, kMaxNC>(x, y, mx, my, g, h, out, cx, cy, length, tile, n_tiles, vec_ok, stream); break;
+      case 1: launch_combine<scalar_t, acc_t, 1>(x, y, mx, my, g, h, out, cx, cy, length, tile, n_tiles, stream); break;
+      case 2: launch_combine<scalar_t, acc_t, 2>(x, y, mx, my, g, h, out, cx, cy, length, tile, n_tiles, stream); break;
+      case 4: launch_combine<scalar_t, acc_t, 4>(x, y, mx, my, g, h, out, cx, cy, length, tile, n_tiles, stream); break;
+      default: launch_combine<scalar_t, acc_t, kMaxNC>(x, y, mx, my, g, h, out, cx, cy, length, tile, n_tiles, stream); break;
     }
   });
   return out;

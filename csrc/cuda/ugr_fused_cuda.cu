@@ -1,25 +1,27 @@
 // CUDA kernels of the fused ops ugr::weighted_sisdr_fwd / ugr::weighted_sisdr_bwd
 // (schemas: ugr_kernels/fused.py; CPU kernels, coef layout and the C++ autograd kernel
 // registered for every device: csrc/ugr_fused_cpu.cpp). Kernels:
-// ugr_fused_cuda_kernels.cuh.
+// ugr_fused_cuda_kernels.cuh and ugr_tile_kernel.cuh.
 //
-// Forward: two launches (the tile pass over (example, T-tile), then one block for
-// the batch-wide epilogue); backward: one launch. All on the current stream, no
-// host sync, no allocation-dependent host logic (CUDA-graph capturable; alpha is
-// read by the epilogue from its device tensor), deterministic for a given shape and
-// device (fixed-order reductions, the T-tile depends only on (B, T, device)).
+// Forward: three launches (the tile pass over (example, T-tile, row group), the
+// per-example epilogue with one warp per example, the batch normaliser in one block);
+// backward: one launch. All on the current stream, no host sync, no allocation-dependent
+// host logic (CUDA-graph capturable; alpha is read by the epilogue from its device
+// tensor), deterministic for a given shape and device (fixed-order reductions, the
+// T-tile depends only on (B, T, device)).
 //
 // Differences from the CPU kernels, all forced by "no host sync": a non-finite
 // alpha or bias is not raised here (its items drop out of the pmf; check_finite in
 // ugr_kernels/fused.py raises from the one sync it already makes), and the backward
 // does not check that perm is a permutation (a row no perm entry names gets 0).
 // More than kMaxTileSources (8) sources (pit=False only) take float64 ATen statistics
-// (one "tile" per example) before the same epilogue.
+// (already merged) before the same epilogue.
 #include <cmath>
 #include <cstdint>
 #include <initializer_list>
 #include <optional>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -31,6 +33,10 @@
 
 #include "ugr_fused_cuda_kernels.cuh"
 #include "ugr_fused_inputs.h"
+
+// fp16 needs no scale in the tile pass (ugr_tile_kernel.cuh).
+template <>
+struct ugr_cuda::IsFp16<c10::Half> : std::true_type {};
 
 namespace {
 
@@ -51,17 +57,22 @@ int multiprocessors(int device) {
   return sms;
 }
 
-// The T-tile: the largest of 16384..1024 samples that still gives every SM about two
-// blocks. It depends only on (B, T, device), so results repeat bitwise.
+// The T-tile: the largest of 16384..4096 samples that still gives every SM about two
+// blocks (shorter signals: one tile). At least 4096 samples so that the per-block work
+// that is not per sample (the float-float block reduction, the backward's per-row float64
+// set-up) stays small against the samples: tests/test_cuda_static.py. It depends only on
+// (B, T, device), so results repeat bitwise.
 int64_t pick_tile(int64_t batch, int64_t length, int device) {
   const int64_t want = 2LL * multiprocessors(device);
-  int64_t chosen = 1024;
-  for (int64_t tile : {16384, 8192, 4096, 2048, 1024}) {
+  int64_t chosen = 4096;
+  for (int64_t tile : {16384, 8192, 4096}) {
     chosen = tile;
     if (batch * ceil_div(length, tile) >= want) break;
   }
-  return chosen;
+  return length <= chosen ? length : chosen;
 }
+
+bool aligned(const void* p, int bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
 // A grid/block bound of the tile kernels: at most 2^20 sources.
 void check_sources(const at::Tensor& est, const char* fn) {
@@ -73,7 +84,8 @@ int64_t stride_or_zero(const at::Tensor& t, int64_t dim) {
   return t.defined() && t.dim() > dim ? t.stride(dim) : 0;
 }
 
-// Reference-row bound of the register tile kernel (x rows: one more).
+// Reference-row bound NY of the register tile kernel, and its x-row group GX (est rows
+// and the mixture; C + 1 <= GX for C <= 4: one group) chosen so that no instance spills.
 int bound_sources(int64_t c) {
   if (c <= 1) return 1;
   if (c <= 2) return 2;
@@ -84,17 +96,23 @@ int bound_sources(int64_t c) {
   return 0;
 }
 
+constexpr int group_rows(int ny) { return ny <= 4 ? ny + 1 : ny == 6 ? 4 : 3; }
+
 template <typename scalar_t, int NY>
-void launch_tile(const scalar_t* est, const scalar_t* ref, const scalar_t* mix, double* part,
-                 int c, int cx, int64_t blocks, int64_t length, int64_t tile, int64_t n_tiles,
-                 cudaStream_t stream) {
-  K::fused_tile_kernel<scalar_t, NY + 1, NY>
-      <<<static_cast<unsigned int>(blocks), K::kThreads, 0, stream>>>(
-          est, ref, mix, part, c, cx, length, tile, n_tiles);
+void launch_tile(const ugr_cuda::TileArgs<scalar_t, typename ugr_cuda::TileTraits<scalar_t>::acc_t>& a,
+                 int64_t batch, cudaStream_t stream) {
+  using rec_t = typename ugr_cuda::TileTraits<scalar_t>::acc_t;
+  constexpr int GX = group_rows(NY);
+  auto args = a;
+  args.groups = static_cast<int>(ceil_div(args.cx, GX));
+  const int64_t blocks = batch * args.n_tiles * args.groups;
+  TORCH_CHECK(blocks <= INT32_MAX, "ugr::weighted_sisdr_fwd: too many blocks (B * T / tile)");
+  ugr_cuda::tile_stats_kernel<scalar_t, rec_t, GX, NY>
+      <<<static_cast<unsigned int>(blocks), K::kThreads, 0, stream>>>(args);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// Many sources: the tile records from float64 ATen ops, one "tile" (all of T) per example.
+// Many sources: the merged statistics (Layout) from float64 ATen ops.
 at::Tensor aten_records(const at::Tensor& est, const at::Tensor& ref, const at::Tensor& mix) {
   const int64_t batch = est.size(0), length = est.size(2);
   at::Tensor x = est.to(at::kDouble);
@@ -133,13 +151,11 @@ FwdResult weighted_sisdr_fwd_cuda(const at::Tensor& est_in, const at::Tensor& re
   const int ny = bound_sources(c64);
   const int64_t tile = ny > 0 ? pick_tile(batch, length, device.index()) : length;
   const int64_t n_tiles = ceil_div(length, tile);
-  TORCH_CHECK(batch * n_tiles <= INT32_MAX, fn, ": too many blocks (B * T / tile)");
 
   const auto f64 = est.options().dtype(at::kDouble);
   const bool out_f64 = est.scalar_type() == at::kDouble;
   const auto out_opts = est.options().dtype(out_f64 ? at::kDouble : at::kFloat);
   const K::Workspace ws_layout{batch, n_items, c, cx};
-  at::Tensor part;
   at::Tensor ws = at::empty({ws_layout.size()}, f64);
   at::Tensor loss = at::empty({}, out_opts);
   at::Tensor sisdr = at::empty({batch, c64}, out_opts);
@@ -150,64 +166,86 @@ FwdResult weighted_sisdr_fwd_cuda(const at::Tensor& est_in, const at::Tensor& re
   at::Tensor coef = at::empty({batch, c64, K::kCoefWidth}, f64);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
 
+  // 1. tile records: float (fp16/bf16/fp32 inputs) or double (fp64), or merged ATen stats.
+  at::Tensor part, merged0;
   if (ny > 0) {
-    part = at::empty({batch * n_tiles * nf}, f64);
+    const int64_t rec_size = ugr_cuda::RecLayout{cx, c}.size();
+    part = at::empty({batch * n_tiles * rec_size}, est.options().dtype(out_f64 ? at::kDouble : at::kFloat));
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, est.scalar_type(),
                                     "ugr_fused_tile_cuda", [&] {
-      const scalar_t* e = est.const_data_ptr<scalar_t>();
-      const scalar_t* r = ref.const_data_ptr<scalar_t>();
-      const scalar_t* m = mix.defined() ? mix.const_data_ptr<scalar_t>() : nullptr;
-      double* p = part.mutable_data_ptr<double>();
-      const int64_t blocks = batch * n_tiles;
+      using rec_t = typename ugr_cuda::TileTraits<scalar_t>::acc_t;
+      constexpr int kVec = ugr_cuda::TileTraits<scalar_t>::kVec;
+      constexpr int kBytes = ugr_cuda::TileTraits<scalar_t>::kBytes;
+      ugr_cuda::TileArgs<scalar_t, rec_t> a{};
+      a.x0 = est.const_data_ptr<scalar_t>();
+      a.xm = mix.defined() ? mix.const_data_ptr<scalar_t>() : nullptr;
+      a.y = ref.const_data_ptr<scalar_t>();
+      a.part = part.mutable_data_ptr<rec_t>();
+      a.cx0 = c, a.cx = cx, a.cy = c, a.groups = 1;
+      a.T = length, a.tile = tile, a.n_tiles = n_tiles;
+      a.vec_ok = length % kVec == 0 && tile % kVec == 0 && aligned(a.x0, kBytes) &&
+                 aligned(a.y, kBytes) && (a.xm == nullptr || aligned(a.xm, kBytes));
       switch (ny) {
-        case 1: launch_tile<scalar_t, 1>(e, r, m, p, c, cx, blocks, length, tile, n_tiles, stream); break;
-        case 2: launch_tile<scalar_t, 2>(e, r, m, p, c, cx, blocks, length, tile, n_tiles, stream); break;
-        case 3: launch_tile<scalar_t, 3>(e, r, m, p, c, cx, blocks, length, tile, n_tiles, stream); break;
-        case 4: launch_tile<scalar_t, 4>(e, r, m, p, c, cx, blocks, length, tile, n_tiles, stream); break;
-        case 6: launch_tile<scalar_t, 6>(e, r, m, p, c, cx, blocks, length, tile, n_tiles, stream); break;
-        default: launch_tile<scalar_t, K::kMaxTileSources>(e, r, m, p, c, cx, blocks, length, tile, n_tiles, stream); break;
+        case 1: launch_tile<scalar_t, 1>(a, batch, stream); break;
+        case 2: launch_tile<scalar_t, 2>(a, batch, stream); break;
+        case 3: launch_tile<scalar_t, 3>(a, batch, stream); break;
+        case 4: launch_tile<scalar_t, 4>(a, batch, stream); break;
+        case 6: launch_tile<scalar_t, 6>(a, batch, stream); break;
+        default: launch_tile<scalar_t, K::kMaxTileSources>(a, batch, stream); break;
       }
     });
   } else {
-    part = aten_records(est, ref, mix);
+    merged0 = aten_records(est, ref, mix);
   }
 
-  K::EpilogueArgs args{};
-  args.part = part.const_data_ptr<double>();
-  args.ws = ws.mutable_data_ptr<double>();
-  args.alpha = alpha.const_data_ptr<double>();
-  args.bias = bias.defined() ? bias.const_data_ptr<double>() : nullptr;
-  args.bias_sb = stride_or_zero(bias, 0);
-  args.bias_sc = stride_or_zero(bias, 1);
-  args.mask = mask.defined() ? mask.const_data_ptr<bool>() : nullptr;
-  args.mask_sb = stride_or_zero(mask, 0);
-  args.mask_sc = stride_or_zero(mask, 1);
-  args.batch = batch;
-  args.T = length;
-  args.tile = tile;
-  args.n_tiles = n_tiles;
-  args.c = c;
-  args.cx = cx;
-  args.by_source = by_source;
-  args.pit = pit;
-  args.zero_mean = zero_mean;
-  args.eps = eps;
-  args.tau = std::pow(10.0, -clamp_db / 10.0);   // clamp_db = +inf: no clamp (tau = 0)
+  // 2. per-example epilogue (a warp per example), 3. the batch normaliser (one block).
+  auto fill = [&](auto& args) {
+    args.ws = ws.mutable_data_ptr<double>();
+    args.merged0 = merged0.defined() ? merged0.const_data_ptr<double>() : nullptr;
+    args.alpha = alpha.const_data_ptr<double>();
+    args.bias = bias.defined() ? bias.const_data_ptr<double>() : nullptr;
+    args.bias_sb = stride_or_zero(bias, 0);
+    args.bias_sc = stride_or_zero(bias, 1);
+    args.mask = mask.defined() ? mask.const_data_ptr<bool>() : nullptr;
+    args.mask_sb = stride_or_zero(mask, 0);
+    args.mask_sc = stride_or_zero(mask, 1);
+    args.batch = batch;
+    args.T = length;
+    args.tile = tile;
+    args.n_tiles = n_tiles;
+    args.c = c;
+    args.cx = cx;
+    args.by_source = by_source;
+    args.pit = pit;
+    args.zero_mean = zero_mean;
+    args.eps = eps;
+    args.tau = std::pow(10.0, -clamp_db / 10.0);   // clamp_db = +inf: no clamp (tau = 0)
+  };
+  const unsigned int epi_blocks = static_cast<unsigned int>(ceil_div(batch, K::kWarps));
+  const K::NormaliseArgs nargs{ws.mutable_data_ptr<double>(), batch, n_items, c, cx, by_source};
+  auto run = [&](auto out) {
+    // float64 inputs: double records and outputs; fp16/bf16/fp32: float records and outputs.
+    using out_t = std::remove_pointer_t<decltype(out.loss)>;
+    K::EpilogueArgs<out_t> args{};
+    fill(args);
+    args.part = part.defined() ? part.const_data_ptr<out_t>() : nullptr;
+    K::fused_epilogue_kernel<out_t, out_t><<<epi_blocks, K::kThreads, 0, stream>>>(args, out);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    K::fused_normalise_kernel<out_t><<<1, K::kThreads, 0, stream>>>(nargs, out);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  };
   if (out_f64) {
-    K::EpilogueOut<double> out{loss.mutable_data_ptr<double>(), sisdr.mutable_data_ptr<double>(),
+    run(K::EpilogueOut<double>{loss.mutable_data_ptr<double>(), sisdr.mutable_data_ptr<double>(),
                                sisdri.mutable_data_ptr<double>(),
                                weights.mutable_data_ptr<double>(),
                                perm.mutable_data_ptr<int64_t>(), valid.mutable_data_ptr<bool>(),
-                               coef.mutable_data_ptr<double>()};
-    K::fused_epilogue_kernel<double><<<1, K::kThreads, 0, stream>>>(args, out);
+                               coef.mutable_data_ptr<double>()});
   } else {
-    K::EpilogueOut<float> out{loss.mutable_data_ptr<float>(), sisdr.mutable_data_ptr<float>(),
+    run(K::EpilogueOut<float>{loss.mutable_data_ptr<float>(), sisdr.mutable_data_ptr<float>(),
                               sisdri.mutable_data_ptr<float>(), weights.mutable_data_ptr<float>(),
                               perm.mutable_data_ptr<int64_t>(), valid.mutable_data_ptr<bool>(),
-                              coef.mutable_data_ptr<double>()};
-    K::fused_epilogue_kernel<float><<<1, K::kThreads, 0, stream>>>(args, out);
+                              coef.mutable_data_ptr<double>()});
   }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {loss, sisdr, sisdri, weights, perm, valid, coef};
 }
 
@@ -285,6 +323,10 @@ at::Tensor weighted_sisdr_bwd_cuda(const at::Tensor& grad_loss_in,
     args.tile = tile;
     args.n_tiles = n_tiles;
     args.c = static_cast<int>(c64);
+    constexpr int kVec = ugr_cuda::TileTraits<scalar_t>::kVec;
+    constexpr int kBytes = ugr_cuda::TileTraits<scalar_t>::kBytes;
+    args.vec_ok = length % kVec == 0 && tile % kVec == 0 && aligned(args.est, kBytes) &&
+                  aligned(args.ref, kBytes) && aligned(args.out, kBytes);
     K::fused_backward_kernel<scalar_t>
         <<<static_cast<unsigned int>(batch * n_tiles), K::kThreads, 0, stream>>>(args);
     C10_CUDA_KERNEL_LAUNCH_CHECK();

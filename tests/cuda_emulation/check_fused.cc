@@ -1,5 +1,6 @@
 // Runs the fused CUDA kernels of csrc/cuda/ugr_fused_cuda_kernels.cuh (tile pass,
-// epilogue, backward) on the CPU through the emulation shim cuda_runtime.h, on cases
+// per-example epilogue, batch normaliser, backward) on the CPU through the emulation
+// shim cuda_runtime.h, on cases
 // written by tests/test_cuda_kernels_emulated.py, which compares the outputs with the
 // C++ CPU op (torch.ops.ugr.weighted_sisdr_fwd / _bwd).
 //
@@ -9,7 +10,8 @@
 // float64 arrays (see read_case); OUT: per case float64 loss, sisdr, sisdri, weights,
 // perm, valid, coef, d_est (in that order). Launch geometry and the choice of
 // template instance follow csrc/cuda/ugr_fused_cuda.cu; the T-tile comes from the
-// case (small tiles exercise the merge).
+// case (small tiles exercise the merge). dtype: 0 float64, 1 float32, 2 bfloat16,
+// 3 float16.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -43,6 +45,52 @@ struct bf16 {
     return f;
   }
 };
+
+// IEEE binary16 with round-to-nearest-even from float (c10::Half's rounding), via the
+// binary32 bits: exact for the sums the tests need (the kernels only convert).
+struct f16 {
+  uint16_t bits = 0;
+  f16() = default;
+  explicit f16(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    const uint32_t sign = (u >> 16) & 0x8000u;
+    const uint32_t a = u & 0x7fffffffu;
+    if (a >= 0x7f800000u) {                       // inf / NaN
+      bits = static_cast<uint16_t>(sign | 0x7c00u | (a > 0x7f800000u ? 0x200u : 0u));
+      return;
+    }
+    const float af = std::fabs(f);
+    if (af >= 65520.0f) {                         // rounds to inf
+      bits = static_cast<uint16_t>(sign | 0x7c00u);
+      return;
+    }
+    if (af < 6.103515625e-05f) {                  // denormal: multiples of 2^-24
+      const float q = std::nearbyint(af * 16777216.0f);   // round half to even
+      bits = static_cast<uint16_t>(sign | static_cast<uint32_t>(q));
+      return;
+    }
+    uint32_t mant = a & 0x7fffffu;
+    int32_t exp = static_cast<int32_t>(a >> 23) - 127 + 15;
+    uint32_t m = mant >> 13;
+    const uint32_t rest = mant & 0x1fffu;
+    if (rest > 0x1000u || (rest == 0x1000u && (m & 1u))) ++m;
+    if (m == 0x400u) m = 0, ++exp;
+    bits = static_cast<uint16_t>(sign | (static_cast<uint32_t>(exp) << 10) | m);
+  }
+  explicit operator float() const {
+    const uint32_t sign = (bits & 0x8000u) << 16;
+    const uint32_t e = (bits >> 10) & 0x1fu, m = bits & 0x3ffu;
+    if (e == 0) return (sign ? -1.0f : 1.0f) * static_cast<float>(m) * 5.9604644775390625e-08f;
+    uint32_t u = sign | ((e == 31 ? 255u : e - 15 + 127) << 23) | (m << 13);
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+  }
+};
+
+template <>
+struct ugr_cuda::IsFp16<f16> : std::true_type {};
 
 enum Header {
   kB, kC, kT, kHasMix, kBySource, kPit, kZeroMean, kHasBias, kHasMask, kDtype, kTile,
@@ -89,11 +137,18 @@ std::vector<double> narrow<double>(const std::vector<double>& v) {
 }
 
 template <typename S, int NY>
-void tile_pass(const S* est, const S* ref, const S* mix, double* part, int c, int cx,
-               int64_t B, int64_t T, int64_t tile, int64_t n_tiles) {
-  emu_launch(static_cast<unsigned>(B * n_tiles), K::kThreads, [&] {
-    K::fused_tile_kernel<S, NY + 1, NY>(est, ref, mix, part, c, cx, T, tile, n_tiles);
-  });
+void tile_pass(const S* est, const S* ref, const S* mix, typename ugr_cuda::TileTraits<S>::acc_t* part,
+               int c, int cx, int64_t B, int64_t T, int64_t tile, int64_t n_tiles) {
+  using rec_t = typename ugr_cuda::TileTraits<S>::acc_t;
+  constexpr int GX = NY <= 4 ? NY + 1 : NY == 6 ? 4 : 3;   // ugr_fused_cuda.cu group_rows
+  constexpr int kVec = ugr_cuda::TileTraits<S>::kVec;
+  ugr_cuda::TileArgs<S, rec_t> a{};
+  a.x0 = est, a.xm = mix, a.y = ref, a.part = part;
+  a.cx0 = c, a.cx = cx, a.cy = c, a.groups = (cx + GX - 1) / GX;
+  a.T = T, a.tile = tile, a.n_tiles = n_tiles;
+  a.vec_ok = T % kVec == 0 && tile % kVec == 0;
+  emu_launch(static_cast<unsigned>(B * n_tiles * a.groups), K::kThreads,
+             [&] { ugr_cuda::tile_stats_kernel<S, rec_t, GX, NY>(a); });
 }
 
 // The launcher's ATen fallback (many sources), in plain double: one record per example.
@@ -153,14 +208,18 @@ void run_case(const Case& cs, FILE* out) {
   const std::vector<S> est = narrow<S>(cs.est), ref = narrow<S>(cs.ref), mix = narrow<S>(cs.mix);
   const S* mp = has_mix ? mix.data() : nullptr;
 
-  // 1. tile pass (or the many-sources fallback)
+  // 1. tile pass (or the many-sources fallback: merged statistics directly)
+  using rec_t = typename ugr_cuda::TileTraits<S>::acc_t;
   const bool naive = cs.h[kNaiveStats] != 0 || c > K::kMaxTileSources;
   const int64_t tile = naive ? T : cs.h[kTile];
   const int64_t n_tiles = (T + tile - 1) / tile;
   const K::Layout L{cx, c};
-  std::vector<double> part(static_cast<size_t>(B * n_tiles * L.size()), -777.0);
+  const ugr_cuda::RecLayout R{cx, c};
+  std::vector<rec_t> part(static_cast<size_t>(B * n_tiles * R.size()), rec_t(-777));
+  std::vector<double> merged0;
   if (naive) {
-    naive_records<S>(est.data(), ref.data(), mp, part.data(), c, cx, B, T);
+    merged0.assign(static_cast<size_t>(B * L.size()), -777.0);
+    naive_records<S>(est.data(), ref.data(), mp, merged0.data(), c, cx, B, T);
   } else {
     const int ny = c <= 1 ? 1 : c <= 2 ? 2 : c <= 3 ? 3 : c <= 4 ? 4 : c <= 6 ? 6 : 8;
     switch (ny) {
@@ -173,15 +232,16 @@ void run_case(const Case& cs, FILE* out) {
     }
   }
 
-  // 2. epilogue
+  // 2. epilogue (a warp per example) and normaliser (one block)
   const K::Workspace W{B, items, c, cx};
   std::vector<double> ws(static_cast<size_t>(W.size()), -999.0);
   std::vector<double> bias = cs.bias;
   std::unique_ptr<bool[]> mask(new bool[static_cast<size_t>(items) + 1]);
   for (int64_t i = 0; i < static_cast<int64_t>(cs.mask.size()); ++i) mask[i] = cs.mask[i] != 0.0;
   const double alpha = cs.alpha;
-  K::EpilogueArgs A{};
-  A.part = part.data();
+  K::EpilogueArgs<rec_t> A{};
+  A.part = naive ? nullptr : part.data();
+  A.merged0 = naive ? merged0.data() : nullptr;
   A.ws = ws.data();
   A.alpha = &alpha;
   A.bias = cs.h[kHasBias] ? bias.data() : nullptr;
@@ -209,7 +269,10 @@ void run_case(const Case& cs, FILE* out) {
   std::vector<double> coef(static_cast<size_t>(B * c * K::kCoefWidth), -555.0);
   K::EpilogueOut<out_t> O{&loss, sisdr.data(), sisdri.data(), weights.data(), perm.data(),
                           valid.get(), coef.data()};
-  emu_launch(1, K::kThreads, [&] { K::fused_epilogue_kernel<out_t>(A, O); });
+  emu_launch(static_cast<unsigned>((B + K::kWarps - 1) / K::kWarps), K::kThreads,
+             [&] { K::fused_epilogue_kernel<rec_t, out_t>(A, O); });
+  const K::NormaliseArgs NA{ws.data(), B, items, c, cx, by_source};
+  emu_launch(1, K::kThreads, [&] { K::fused_normalise_kernel<out_t>(NA, O); });
 
   // 3. backward
   const float gl32 = static_cast<float>(cs.grad_loss);
@@ -242,6 +305,7 @@ void run_case(const Case& cs, FILE* out) {
   G.tile = cs.h[kTile];
   G.n_tiles = (T + G.tile - 1) / G.tile;
   G.c = c;
+  G.vec_ok = T % ugr_cuda::TileTraits<S>::kVec == 0 && G.tile % ugr_cuda::TileTraits<S>::kVec == 0;
   emu_launch(static_cast<unsigned>(B * G.n_tiles), K::kThreads,
              [&] { K::fused_backward_kernel<S>(G); });
 
@@ -271,7 +335,8 @@ int main(int argc, char** argv) {
     switch (cs.h[kDtype]) {
       case 0: run_case<double>(cs, out); break;
       case 1: run_case<float>(cs, out); break;
-      default: run_case<bf16>(cs, out); break;
+      case 2: run_case<bf16>(cs, out); break;
+      default: run_case<f16>(cs, out); break;
     }
     ++n;
   }
