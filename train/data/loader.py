@@ -137,27 +137,30 @@ def build_data(config, show: bool) -> DataSplits:
     The number of sources comes from pre-mixed data (``--num-sources``, when given, must
     agree) or from ``--num-sources`` for online mixing (default 2)."""
     manifests = run_manifests(config)
-    splits = SPLITS if not config.no_test or config.wsj0_mix_dir else ("train", "val")
+    wsj0 = getattr(config, "wsj0_mix_dir", None)     # (older config-likes lack these)
+    keep_noise = getattr(config, "keep_noise", False)
+    num_sources = getattr(config, "num_sources", None)
+    splits = SPLITS if not getattr(config, "no_test", False) or wsj0 else ("train", "val")
     catalogs, _ = catalogs_for(config.task, config.data_dir, config.data_csv,
-                               manifests=manifests, wsj0_mix_dir=config.wsj0_mix_dir,
-                               keep_noise=config.keep_noise, splits=splits)
+                               manifests=manifests, wsj0_mix_dir=wsj0,
+                               keep_noise=keep_noise, splits=splits)
     if is_premixed(catalogs):
         if "test" not in catalogs:   # --no-test: the test set is never read
             catalogs = {**catalogs, "test": catalogs["val"]}
         S = catalogs["train"].num_sources
-        if config.num_sources is not None and config.num_sources != S:
-            raise ValueError(f"--num-sources {config.num_sources}, but the pre-mixed data "
+        if num_sources is not None and num_sources != S:
+            raise ValueError(f"--num-sources {num_sources}, but the pre-mixed data "
                              f"({catalogs['train'].origin}) has {S} sources")
         return build_splits(config.task, catalogs, config.segment_len, config.seed,
                             num_val=config.val_items, num_test=config.test_items)
-    if config.keep_noise:
+    if keep_noise:
         raise ValueError("--keep-noise applies to pre-mixed data (--*-manifest, --wsj0-mix-dir)")
     if config.data_dir is None and config.data_csv is None and show:
         print("No --data-dir given: training on the embedded synthetic sources. "
               "Select real audio with --data-dir (e.g. --data-dir ../shared/data).")
     data = build_splits(config.task, catalogs, config.segment_len, config.seed,
                         num_val=config.val_items, num_test=config.test_items, progress=show,
-                        num_sources=config.num_sources or 2)
+                        num_sources=num_sources or 2)
     check_labels(data)
     return data
 
