@@ -86,3 +86,23 @@ def test_commands_shown_use_existing_flags(module):
     parser_help = importlib.import_module(f"train.{module}").build_parser().format_help()
     for flag in re.findall(r"(--[a-z][a-z-]*)", "\n".join(lines)):
         assert flag in parser_help, flag
+
+
+def test_premixed_commands_parse():
+    """The README's pre-mixed commands (LibriMix manifest, wsj0-2mix folder) are accepted
+    by the parsers of python -m train and python -m train.evaluate as written."""
+    import shlex
+
+    from train.commands.evaluate import build_parser as evaluate_parser
+    from train.commands.train import parse_args
+
+    block = next(b for b in blocks("Training", "bash") if "--train-manifest" in b)
+    commands = [shlex.split(c) for c in block.replace("\\\n", " ").splitlines() if c.strip()]
+    trains = [c[3:] for c in commands if c[:3] == ["python", "-m", "train"]]
+    evals = [c[3:] for c in commands if c[:3] == ["python", "-m", "train.evaluate"]]
+    assert len(trains) == 2 and len(evals) == 2
+    configs = [parse_args(argv) for argv in trains]
+    assert configs[0].train_manifest and configs[0].test_manifest
+    assert configs[1].wsj0_mix_dir
+    for argv in evals:
+        evaluate_parser().parse_args(argv)

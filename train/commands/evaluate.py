@@ -47,6 +47,15 @@ def build_parser() -> Parser:
     p.add_argument("--data-csv", default=None,
                    help="a CSV with columns filename,label[,split] (paths relative to the "
                         "CSV's folder), used as the env (or speech for --task speech) sources")
+    p.add_argument("--test-manifest", default=None, metavar="CSV",
+                   help="pre-mixed data: a LibriMix-format metadata CSV (mixture_ID, "
+                        "mixture_path, source_1_path ... source_S_path, length), evaluated "
+                        "whole item by whole item (the first --items rows)")
+    p.add_argument("--wsj0-mix-dir", default=None, metavar="DIR",
+                   help="pre-mixed data in the wsj0-mix layout (tr/ cv/ tt/, each with mix/ "
+                        "s1/ ... sS/): --split test reads tt/, val cv/, train tr/")
+    p.add_argument("--keep-noise", action="store_true",
+                   help="pre-mixed data: keep the noise (noise_path, noise/) as the last source")
     p.add_argument("--synthetic", action="store_true",
                    help="evaluate on the embedded synthetic data, whatever the run used")
     p.add_argument("--task", choices=TASKS, default=None,
@@ -71,8 +80,14 @@ def main(argv=None) -> dict:
     """``python -m train.evaluate``; a bad flag or file stops it with one line (exit 2)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if sum(bool(x) for x in (args.data_dir, args.data_csv, args.synthetic)) > 1:
-        parser.error("give at most one of --data-dir, --data-csv and --synthetic")
+    if sum(bool(x) for x in (args.data_dir, args.data_csv, args.synthetic, args.test_manifest,
+                             args.wsj0_mix_dir)) > 1:
+        parser.error("give at most one of --data-dir, --data-csv, --synthetic, "
+                     "--test-manifest and --wsj0-mix-dir")
+    if args.test_manifest and args.split != "test":
+        parser.error("--test-manifest is one split: leave --split at test")
+    if args.split == "all" and args.wsj0_mix_dir:
+        parser.error("--wsj0-mix-dir: choose --split train, val or test")
     return run_command(lambda: _evaluate(args), debug=args.debug)
 
 
@@ -82,21 +97,42 @@ def _evaluate(args) -> dict:
     model, trained = load_trained(args.run, device)
     run = {**DEFAULTS.to_dict(), **trained}   # options an old checkpoint lacks: the defaults
     task = args.task or run["task"]
+    manifests, wsj0, keep_noise = {}, None, args.keep_noise
     if args.synthetic:
         data_dir = data_csv = None
     elif args.data_dir or args.data_csv:
         data_dir, data_csv = args.data_dir, args.data_csv
-    else:
+    elif args.test_manifest or args.wsj0_mix_dir:
+        data_dir = data_csv = None
+        manifests, wsj0 = {"test": args.test_manifest} if args.test_manifest else {}, \
+            args.wsj0_mix_dir
+    else:   # the run's own data, pre-mixed or not
         data_dir, data_csv = run["data_dir"], run["data_csv"]
-    catalogs, data_name = catalogs_for(task, data_dir, data_csv)
+        wsj0 = run["wsj0_mix_dir"]
+        keep_noise = keep_noise or run["keep_noise"]
+        if not wsj0 and run[f"{args.split}_manifest"]:
+            manifests = {args.split: run[f"{args.split}_manifest"]}
+    S = model.num_sources
+    split = "test" if args.test_manifest else args.split
+    catalogs, data_name = catalogs_for(task, data_dir, data_csv, manifests=manifests,
+                                       wsj0_mix_dir=wsj0, keep_noise=keep_noise,
+                                       splits=(split,))
     seconds = args.segment_seconds or run["segment_seconds"]
-    dataset = evaluation_set(task, catalogs, args.split, int(round(seconds * SAMPLE_RATE)),
-                             args.items or run["test_items"], not args.no_progress)
+    dataset = evaluation_set(task, catalogs, split, int(round(seconds * SAMPLE_RATE)),
+                             args.items or run["test_items"], not args.no_progress,
+                             num_sources=S)
+    if dataset.num_sources != S:
+        raise ValueError(f"{args.run}: the model separates {S} sources, the data has "
+                         f"{dataset.num_sources}")
+    premixed = bool(manifests or wsj0)
+    if premixed:
+        task = "premixed"
     run_path = Path(args.run)
     run_dir = run_path if run_path.is_dir() else run_path.parent
-    out = RunFolder(args.out_dir or run_dir / f"eval-{data_name}-{task}-{args.split}")
-    print(f"evaluating {args.run} (model {run['model']}, step {run['checkpoint_step']}) on "
-          f"{len(dataset)} {task} mixtures of {seconds:g} s from {data_name} ({args.split}), "
+    out = RunFolder(args.out_dir or run_dir / f"eval-{data_name}-{task}-{split}")
+    what = "whole pre-mixed items" if premixed else f"{task} mixtures of {seconds:g} s"
+    print(f"evaluating {args.run} (model {run['model']}, {S} sources, step "
+          f"{run['checkpoint_step']}) on {len(dataset)} {what} from {data_name} ({split}), "
           f"device {device}")
 
     t0 = time.perf_counter()
@@ -108,8 +144,10 @@ def _evaluate(args) -> dict:
     if progress is not None:
         progress.close()
     info = {"checkpoint": str(args.run), "model": run["model"], "task": task,
-            "data": str(data_csv or data_dir or "synthetic"), "split": args.split,
-            "segment_seconds": seconds, "wall_seconds": round(time.perf_counter() - t0, 1)}
+            "data": str(manifests.get(split) or wsj0 or data_csv or data_dir or "synthetic"),
+            "split": split, "num_sources": S,
+            "segment_seconds": None if premixed else seconds,
+            "wall_seconds": round(time.perf_counter() - t0, 1)}
     results = write_test_results(out, res, list(dataset.class_names), info=info)
     save_run_plots(out.path)
     return results

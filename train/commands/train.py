@@ -14,7 +14,7 @@ from pathlib import Path
 from model import MODEL_CONFIGS
 
 from ..data.audio import SAMPLE_RATE
-from ..data.mixing import TASKS
+from ..data.mixing import MAX_SOURCES, TASKS
 from ..run.config import (
     LOSS_BACKENDS,
     MIN_SEGMENT_SECONDS,
@@ -38,6 +38,16 @@ from .common import (
 DEFAULTS = RunConfig()
 _segment_seconds = number(float, MIN_SEGMENT_SECONDS,
                           what=f"a finite number of seconds >= {MIN_SEGMENT_SECONDS}")
+
+
+_num_sources = number(int, 1, what=f"an integer from 1 to {MAX_SOURCES}")
+
+
+def _checked_sources(value):
+    n = _num_sources(value)
+    if n > MAX_SOURCES:
+        raise argparse.ArgumentTypeError(f"at most {MAX_SOURCES} sources, got {n}")
+    return n
 
 
 def _workers(value):
@@ -105,9 +115,32 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--task", choices=TASKS, default=D.task,
                    help="env: two environmental sounds; speech: two speakers; mixed: one "
                         "speech + one environmental source (classes 'speech', 'env')")
+    g.add_argument("--num-sources", type=_checked_sources, default=D.num_sources,
+                   help=f"sources per mixture, 1 to {MAX_SOURCES} (online mixing draws them "
+                        f"of different classes, or speakers); default: the pre-mixed data's "
+                        f"own count, else 2")
+    g.add_argument("--train-manifest", default=D.train_manifest, metavar="CSV",
+                   help="pre-mixed training data: a LibriMix-format metadata CSV "
+                        "(mixture_ID, mixture_path, source_1_path ... source_S_path, length; "
+                        "paths absolute or relative to the CSV's folder); needs "
+                        "--val-manifest and --test-manifest (or --no-test) too. The mixture "
+                        "is as given (no remixing, no level randomisation); training takes "
+                        "random crops of --segment-seconds, val/test whole items")
+    g.add_argument("--val-manifest", default=D.val_manifest, metavar="CSV",
+                   help="pre-mixed validation data (the first --val-items rows)")
+    g.add_argument("--test-manifest", default=D.test_manifest, metavar="CSV",
+                   help="pre-mixed test data (the first --test-items rows)")
+    g.add_argument("--wsj0-mix-dir", default=D.wsj0_mix_dir, metavar="DIR",
+                   help="pre-mixed data in the wsj0-2mix/3mix layout: DIR/tr, cv, tt (train, "
+                        "val, test), each with mix/ s1/ ... sS/ holding files of the same names")
+    g.add_argument("--keep-noise", action="store_true",
+                   help="pre-mixed data with noise (a manifest's noise_path column, WHAM!-style, "
+                        "or a noise/ folder): keep the noise as the last source (class 'noise') "
+                        "instead of leaving it out")
     g.add_argument("--segment-seconds", type=_segment_seconds, default=D.segment_seconds,
                    help=f"length of each training/evaluation mixture in seconds (at "
-                        f"{SAMPLE_RATE} Hz; at least {MIN_SEGMENT_SECONDS})")
+                        f"{SAMPLE_RATE} Hz; at least {MIN_SEGMENT_SECONDS}); pre-mixed data: "
+                        f"the training crops (evaluation uses whole items)")
     g.add_argument("--val-items", type=positive_int, default=D.val_items,
                    help="fixed validation mixtures (the same at every evaluation)")
     g.add_argument("--test-items", type=positive_int, default=D.test_items,
@@ -214,6 +247,21 @@ def parse_args(argv=None) -> RunConfig:
         parser.error("--weighting class needs --gamma, e.g. --gamma speech=3,env=0")
     if args.data_csv and args.data_dir:
         parser.error("give either --data-dir or --data-csv, not both")
+    manifests = [f"--{s}-manifest" for s in ("train", "val", "test")
+                 if getattr(args, f"{s}_manifest")]
+    if manifests or args.wsj0_mix_dir:
+        if args.data_dir or args.data_csv:
+            parser.error(f"{manifests[0] if manifests else '--wsj0-mix-dir'} (pre-mixed data) "
+                         f"replaces --data-dir/--data-csv: give one or the other")
+        if manifests and args.wsj0_mix_dir:
+            parser.error("give either --wsj0-mix-dir or the --*-manifest flags, not both")
+        needed = ["--train-manifest", "--val-manifest"] + ([] if args.no_test
+                                                          else ["--test-manifest"])
+        absent = [f for f in needed if f not in manifests]
+        if manifests and absent:
+            parser.error(f"{absent[0]} is needed with {manifests[0]}")
+    elif args.keep_noise:
+        parser.error("--keep-noise applies to pre-mixed data (--*-manifest, --wsj0-mix-dir)")
     if args.cuda_graphs and not args.compile:
         parser.error("--cuda-graphs needs --compile")
     return RunConfig.from_args(args)

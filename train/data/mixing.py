@@ -1,13 +1,13 @@
-"""Online mixing of two sources, as in the paper (8 kHz, 4 s, [-5, 5] dB).
+"""Online mixing of S sources (two in the paper: 8 kHz, 4 s, [-5, 5] dB).
 
 Tasks (:data:`TASKS`):
 
-* ``env``: two environmental sources of two *different classes*. Labels are
+* ``env``: S environmental sources of S *different classes*. Labels are
   class ids in the env catalogue's ``classes`` (ESC-50: the ESC-50 target).
-* ``speech``: two *different speakers*. A source shorter than the segment is
+* ``speech``: S *different speakers*. A source shorter than the segment is
   the speaker's clips joined end to end (Speech Commands / FSDD clips are
-  0.1-2.3 s). Both labels are 0 (``"speech"``).
-* ``mixed``: one speech source (slot 0, label 0 ``"speech"``) and one
+  0.1-2.3 s). Every label is 0 (``"speech"``).
+* ``mixed`` (S = 2 only): one speech source (slot 0, label 0 ``"speech"``) and one
   environmental source (slot 1, label 1 ``"env"``), so class biasing can be
   written ``{"speech": 3, "env": 0}`` against ``dataset.class_names``.
 
@@ -29,11 +29,14 @@ One example, a deterministic function of ``(seed, index)``:
    padding of short events) or ``loop`` (tile the clip, then crop).
 4. Normalisation. Each crop is made zero mean and unit std; then slot 0 is
    scaled by ``10**(level_db/40)`` and slot 1 by ``10**(-level_db/40)``, so
-   the source power ratio is exactly ``level_db`` dB; the mixture is their
+   the source power ratio is exactly ``level_db`` dB. With S > 2 sources, step 1
+   draws S levels ``g_k ~ U[low/2, high/2]`` dB instead (``level_db`` is then
+   ``g_0 - g_1``) and slot k is scaled by ``10**(g_k/20)``; the mixture is their
    sum; finally mixture *and* sources are divided by the mixture's std. So
    the mixture has zero mean and unit std (as in the paper) and
    ``mixture == sources.sum(0)`` holds exactly in float32 (the mixture is
-   computed as the float32 sum of the float32 sources). The paper also
+   computed as the float32 sum of the float32 sources; for S > 2 the sum is
+   taken in slot order). The paper also
    normalises each target to unit std, which breaks that identity; SI-SDR is
    scale invariant, so targets at their mixing scale lose nothing and keep
    the mixture consistent for mixture-consistency projections and SI-SDRi.
@@ -66,6 +69,7 @@ __all__ = [
     "normalize_mixture",
     "bank_keys",
     "DEFAULT_EVAL_SEED",
+    "MAX_SOURCES",
 ]
 
 TASKS = ("env", "speech", "mixed")
@@ -77,16 +81,27 @@ _UNBOUNDED = 2**62
 @dataclass(frozen=True)
 class _Slot:
     bank: str          # "speech" or "env"
-    distinct: str | None  # this slot must differ from slot 0 in "label" or "group"
+    distinct: str | None  # this slot must differ from the earlier slots in "label" or "group"
     short: str         # policy for sources shorter than the segment
 
 
-def _task_slots(task: str, short_env: str, short_speech: str) -> tuple[_Slot, _Slot]:
+MAX_SOURCES = 8
+
+
+def _task_slots(task: str, short_env: str, short_speech: str,
+                num_sources: int = 2) -> tuple[_Slot, ...]:
+    if not 1 <= num_sources <= MAX_SOURCES:
+        raise ValueError(f"num_sources must be between 1 and {MAX_SOURCES}, got {num_sources}")
+    rest = num_sources - 1
     if task == "env":
-        return _Slot("env", None, short_env), _Slot("env", "label", short_env)
+        return (_Slot("env", None, short_env),) + (_Slot("env", "label", short_env),) * rest
     if task == "speech":
-        return _Slot("speech", None, short_speech), _Slot("speech", "group", short_speech)
+        return (_Slot("speech", None, short_speech),) + \
+            (_Slot("speech", "group", short_speech),) * rest
     if task == "mixed":
+        if num_sources != 2:
+            raise ValueError(f"task 'mixed' is one speech and one environmental source "
+                             f"(2 sources), got --num-sources {num_sources}")
         return _Slot("speech", None, short_speech), _Slot("env", None, short_env)
     raise ValueError(f"task must be one of {TASKS}, got {task!r}")
 
@@ -96,35 +111,46 @@ def bank_keys(task: str) -> list[str]:
     return sorted({s.bank for s in _task_slots(task, "pad", "join")})
 
 
-def normalize_mixture(crops: np.ndarray, level_db: float) -> tuple[np.ndarray, np.ndarray]:
-    """Normalise two crops and mix them at a relative level.
+def normalize_mixture(crops: np.ndarray, level_db) -> tuple[np.ndarray, np.ndarray]:
+    """Normalise S crops and mix them at relative levels.
 
     Args:
-        crops: ``(2, T)`` raw source crops (any float dtype).
-        level_db: power of source 0 over source 1, in dB.
+        crops: ``(S, T)`` raw source crops (any float dtype).
+        level_db: for S = 2, the power of source 0 over source 1, in dB; for any S,
+            a sequence of S per-source levels in dB (slot k scaled by ``10**(g_k/20)``).
 
     Returns:
         ``mixture (T,)`` float32 with zero mean and unit std, and
-        ``sources (2, T)`` float32 with zero mean each, power ratio
-        ``level_db`` dB, and ``mixture == sources[0] + sources[1]`` exactly.
-        A silent crop (std 0) stays all zeros.
+        ``sources (S, T)`` float32 with zero mean each, at the given levels, and
+        ``mixture == sources[0] + ... + sources[S-1]`` exactly (float32 sum in slot
+        order). A silent crop (std 0) stays all zeros.
     """
     s = np.asarray(crops, dtype=np.float64)
     s = s - s.mean(axis=1, keepdims=True)
     std = s.std(axis=1, keepdims=True)
     s = np.divide(s, std, out=np.zeros_like(s), where=std > 1e-12)
-    s[0] *= 10.0 ** (level_db / 40.0)
-    s[1] *= 10.0 ** (-level_db / 40.0)
+    if np.ndim(level_db) == 0:
+        if s.shape[0] != 2:
+            raise ValueError(f"a scalar level_db mixes 2 sources, got {s.shape[0]}")
+        s[0] *= 10.0 ** (level_db / 40.0)
+        s[1] *= 10.0 ** (-level_db / 40.0)
+    else:
+        gains = np.asarray(level_db, dtype=np.float64)
+        if gains.shape != (s.shape[0],):
+            raise ValueError(f"need one level per source ({s.shape[0]}), got {gains.shape}")
+        s *= (10.0 ** (gains / 20.0))[:, None]
     m_std = s.sum(axis=0).std()
     if m_std > 1e-12:
         s /= m_std
     sources = s.astype(np.float32)
-    mixture = sources[0] + sources[1]
+    mixture = sources[0].copy()
+    for k in range(1, sources.shape[0]):
+        mixture += sources[k]
     return mixture, sources
 
 
 class MixtureDataset(Dataset):
-    """Two-source mixtures made on the fly, deterministic in ``(seed, index)``.
+    """S-source mixtures made on the fly, deterministic in ``(seed, index)``.
 
     Args:
         sources: a :class:`SourceBank` (tasks ``env``/``speech``), or a mapping
@@ -139,12 +165,14 @@ class MixtureDataset(Dataset):
         crop_tries: crop offsets tried per item before drawing another item.
         max_tries: crops tried in all per slot.
         short_env, short_speech: ``"pad"``, ``"loop"`` or ``"join"``.
+        num_sources: S, 1 to ``MAX_SOURCES`` (``env`` needs S classes, ``speech`` S
+            speakers; ``mixed`` is 2).
 
     ``dataset[i]`` returns a dict of tensors:
-        ``mixture`` ``(T,)`` float32, ``sources`` ``(2, T)`` float32,
-        ``labels`` ``(2,)`` int64 (ids into ``class_names``),
-        ``level_db`` ``()`` float32 (source 0 over source 1),
-        ``source_ids`` ``(2,)`` int64 (first bank item of each source),
+        ``mixture`` ``(T,)`` float32, ``sources`` ``(S, T)`` float32,
+        ``labels`` ``(S,)`` int64 (ids into ``class_names``),
+        ``level_db`` ``()`` float32 (source 0 over source 1; 0 for S = 1),
+        ``source_ids`` ``(S,)`` int64 (first bank item of each source),
         ``index`` ``()`` int64.
     """
 
@@ -163,6 +191,7 @@ class MixtureDataset(Dataset):
         max_tries: int = 12,
         short_env: str = "pad",
         short_speech: str = "join",
+        num_sources: int = 2,
     ):
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
@@ -172,7 +201,8 @@ class MixtureDataset(Dataset):
         if segment_len < 1:
             raise ValueError(f"segment_len must be positive, got {segment_len}")
         self.task = task
-        self.slots = _task_slots(task, short_env, short_speech)
+        self.slots = _task_slots(task, short_env, short_speech, int(num_sources))
+        self.num_sources = len(self.slots)
         if isinstance(sources, SourceBank):
             if task == "mixed":
                 raise ValueError("task 'mixed' needs a mapping {'speech': bank, 'env': bank}")
@@ -184,10 +214,14 @@ class MixtureDataset(Dataset):
         for key, bank in self.banks.items():
             if len(bank) == 0:
                 raise ValueError(f"task {task!r}: the {key!r} bank is empty")
-        if task == "env" and len(np.unique(self.banks["env"].label_ids)) < 2:
-            raise ValueError("task 'env' needs at least two classes in the env bank")
-        if task == "speech" and len(self.banks["speech"].group_names) < 2:
-            raise ValueError("task 'speech' needs at least two speakers (groups) in the bank")
+        need = max(2, self.num_sources)
+        many = "two" if need == 2 else str(need)
+        if task == "env" and len(np.unique(self.banks["env"].label_ids)) < need:
+            raise ValueError(f"task 'env' with {self.num_sources} sources needs at least "
+                             f"{many} classes in the env bank")
+        if task == "speech" and len(self.banks["speech"].group_names) < need:
+            raise ValueError(f"task 'speech' with {self.num_sources} sources needs at least "
+                             f"{many} speakers (groups) in the bank")
 
         self.segment_len = int(segment_len)
         self.seed = int(seed)
@@ -236,40 +270,46 @@ class MixtureDataset(Dataset):
     def example(self, index: int) -> dict[str, np.ndarray]:
         """NumPy version of ``self[index]`` (no range check)."""
         rng = np.random.default_rng([self.seed, int(index)])
-        level_db = rng.uniform(*self.level_range_db)
-        crops = np.empty((2, self.segment_len), dtype=np.float32)
-        ids = np.empty(2, dtype=np.int64)
-        labels = np.empty(2, dtype=np.int64)
-        first_item = None
+        S = self.num_sources
+        if S == 2:   # the paper's draw, unchanged: one relative level
+            levels = rng.uniform(*self.level_range_db)
+            level_db = levels
+        else:
+            lo, hi = self.level_range_db
+            levels = rng.uniform(lo / 2, hi / 2, size=S)
+            level_db = levels[0] - levels[1] if S > 1 else 0.0
+        crops = np.empty((S, self.segment_len), dtype=np.float32)
+        ids = np.empty(S, dtype=np.int64)
+        labels = np.empty(S, dtype=np.int64)
+        earlier: list[int] = []
         for k, slot in enumerate(self.slots):
             bank = self.banks[slot.bank]
-            crops[k], ids[k] = self._draw(rng, bank, slot, first_item)
-            if k == 0:
-                first_item = (bank, ids[0])
+            crops[k], ids[k] = self._draw(rng, bank, slot, earlier)
+            earlier.append(int(ids[k]))
             if self.task == "env":
                 labels[k] = bank.label_ids[ids[k]]
             elif self.task == "speech":
                 labels[k] = 0
             else:
                 labels[k] = k
-        mixture, sources = normalize_mixture(crops, level_db)
+        mixture, sources = normalize_mixture(crops, levels)
         return {"mixture": mixture, "sources": sources, "labels": labels,
                 "level_db": np.float32(level_db), "source_ids": ids,
                 "index": np.int64(index)}
 
-    def _pick(self, rng, bank: SourceBank, slot: _Slot, first) -> int:
-        """A random item index, different in label/group from the first slot's
-        item when the slot requires it (rejection sampling, then exact)."""
+    def _pick(self, rng, bank: SourceBank, slot: _Slot, earlier: list[int]) -> int:
+        """A random item index, different in label/group from the items of the
+        earlier slots when the slot requires it (rejection sampling, then exact)."""
         n = len(bank)
-        if slot.distinct is None or first is None:
+        if slot.distinct is None or not earlier:
             return int(rng.integers(n))
         ref_ids = bank.label_ids if slot.distinct == "label" else bank.group_ids
-        ref = ref_ids[first[1]]
+        taken = {ref_ids[j] for j in earlier}
         for _ in range(32):
             i = int(rng.integers(n))
-            if ref_ids[i] != ref:
+            if ref_ids[i] not in taken:
                 return i
-        allowed = np.flatnonzero(ref_ids != ref)  # rare: a dominant class/speaker
+        allowed = np.flatnonzero(~np.isin(ref_ids, list(taken)))  # rare: dominant classes
         return int(allowed[rng.integers(allowed.size)])
 
     def _signal(self, rng, bank: SourceBank, i: int, policy: str) -> tuple[np.ndarray, float]:
@@ -302,12 +342,12 @@ class MixtureDataset(Dataset):
         out[at:at + x.size] = x
         return out, ref
 
-    def _draw(self, rng, bank: SourceBank, slot: _Slot, first) -> tuple[np.ndarray, int]:
+    def _draw(self, rng, bank: SourceBank, slot: _Slot, earlier) -> tuple[np.ndarray, int]:
         T = self.segment_len
         best, best_ratio, best_id = None, -1.0, -1
         tries = 0
         while tries < self.max_tries:
-            i = self._pick(rng, bank, slot, first)
+            i = self._pick(rng, bank, slot, earlier)
             x, ref = self._signal(rng, bank, i, slot.short)
             thresh = max(self.silence_abs, self.silence_rel * ref)
             for _ in range(self.crop_tries):
@@ -332,8 +372,8 @@ def _as_float(x: np.ndarray) -> np.ndarray:
 
 
 def collate(batch: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Stack examples: ``mixture (B, T)``, ``sources (B, 2, T)``,
-    ``labels (B, 2)``, ``level_db (B,)``, ``source_ids (B, 2)``, ``index (B,)``."""
+    """Stack examples: ``mixture (B, T)``, ``sources (B, S, T)``,
+    ``labels (B, S)``, ``level_db (B,)``, ``source_ids (B, S)``, ``index (B,)``."""
     if not batch:
         raise ValueError("empty batch")
     return {k: torch.stack([torch.as_tensor(ex[k]) for ex in batch]) for k in batch[0]}
@@ -383,7 +423,8 @@ class StepBatchSampler(Sampler[list[int]]):
 
 @dataclass
 class DataSplits:
-    """Train/val/test datasets of one task, plus their class names."""
+    """Train/val/test datasets of one task (online ``MixtureDataset`` or pre-mixed
+    ``train.data.premixed.PremixedDataset``), their class names and source count."""
 
     train: MixtureDataset
     val: MixtureDataset
@@ -392,3 +433,7 @@ class DataSplits:
     @property
     def class_names(self) -> tuple[str, ...]:
         return self.train.class_names
+
+    @property
+    def num_sources(self) -> int:
+        return self.train.num_sources

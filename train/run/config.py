@@ -37,6 +37,12 @@ class RunConfig:
     data_dir: Optional[str] = None
     data_csv: Optional[str] = None
     task: str = "env"
+    num_sources: Optional[int] = None     # None: from pre-mixed data, else 2 (config.json: S)
+    train_manifest: Optional[str] = None  # pre-mixed data (train.data.premixed)
+    val_manifest: Optional[str] = None
+    test_manifest: Optional[str] = None
+    wsj0_mix_dir: Optional[str] = None
+    keep_noise: bool = False
     segment_seconds: float = 4.0
     val_items: int = 200
     test_items: int = 500

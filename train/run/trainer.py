@@ -9,6 +9,7 @@ and the final test.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import signal
 import sys
@@ -60,11 +61,14 @@ class Trainer:
         self.metrics_log = self.folder.metrics_log(enabled=self.main)
 
         self.data = build_data(config, self.show)
+        # S comes from the data (or --num-sources); config.json records it.
+        self.num_sources = self.data.num_sources
+        self.given = dataclasses.replace(self.given, num_sources=self.num_sources)
         self.class_names = list(self.data.class_names)
         self.weighting = config.weighting_scheme(self.class_names)
         self.lr_schedule = config.lr_schedule()
         torch.manual_seed(config.seed)
-        self.model = build_model(config.model, num_sources=2).to(self.device)
+        self.model = build_model(config.model, num_sources=self.num_sources).to(self.device)
         train_model = self.model
         if self.dist.enabled:
             train_model = torch.nn.parallel.DistributedDataParallel(
@@ -165,12 +169,19 @@ class Trainer:
                   "world_size": self.dist.world_size, "num_workers": config.num_workers,
                   "parameters": count_parameters(self.model), "classes": self.class_names[:64],
                   "loader_mixtures_per_s_per_process": round(rate, 1)})
-        print(f"model {config.model} ({count_parameters(self.model):,} parameters), task "
-              f"{config.task}, weighting {self.weighting!r}, loss backend {self.backend}, "
-              f"device {self.device}, {self.dist.world_size} process(es)"
+        print(f"model {config.model} ({count_parameters(self.model):,} parameters), "
+              f"{self._data_name()}, {self.num_sources} sources, weighting "
+              f"{self.weighting!r}, loss backend {self.backend}, device {self.device}, "
+              f"{self.dist.world_size} process(es)"
               f"{', compiled' if config.compile else ''}")
         print(f"input: {config.num_workers} loader worker(s); mixing alone makes "
               f"{rate:.0f} mixtures/s per process")
+
+    def _data_name(self) -> str:
+        c = self.config
+        if c.wsj0_mix_dir or c.train_manifest:
+            return f"pre-mixed data {c.wsj0_mix_dir or c.train_manifest}"
+        return f"task {c.task}"
 
     def _report_throughput(self) -> None:
         """Training mixtures/s against what the loader makes alone: which one bounds the run."""
