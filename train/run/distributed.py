@@ -92,6 +92,15 @@ def reduce_window(sums: torch.Tensor, interrupted: bool, info: DistInfo) -> tupl
     return values[:-1], values[-1] > 0
 
 
+def broadcast_float(value: float, info: DistInfo, device: torch.device) -> float:
+    """Rank 0's ``value`` on every rank (a validation result: once per validation)."""
+    if not info.enabled:
+        return float(value)
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.broadcast(t, src=0)
+    return float(t.item())
+
+
 def device_for(info: DistInfo, requested: Optional[str]) -> torch.device:
     if requested:
         dev = torch.device(requested)
