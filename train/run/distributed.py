@@ -78,6 +78,12 @@ def agree_ok(ok: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return bad == 0
 
 
+def all_reduce_max(t: torch.Tensor, info: DistInfo) -> None:
+    """``t`` becomes its elementwise max over ranks, in place, on the device (no host read)."""
+    if info.enabled:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+
+
 def reduce_window(sums: torch.Tensor, interrupted: bool, info: DistInfo) -> tuple[list, bool]:
     """Sum the window's metric sums over ranks, with the ranks' Ctrl-C flags, and read them.
 

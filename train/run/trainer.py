@@ -74,7 +74,11 @@ class Trainer:
         # Fused Adam on CPU and CUDA alike: it takes the skip flag as found_inf.
         self.optimizer = torch.optim.Adam(params, lr=config.lr, fused=True)
         self.backend = config.backend
-        self.metrics = StepMetrics(self.device)
+        # pmf diagnostics per logging window; weight shares per class for class schemes.
+        self.metrics = StepMetrics(self.device, window=config.log_every,
+                                   num_classes=len(self.class_names)
+                                   if "class" in config.weighting else 0)
+        self._ess_warned = False
         # The step on device tensors; ``train_step`` feeds it a batch and the schedules.
         self.device_step = TrainStep(train_model, params, self.optimizer, config, self.device,
                                      self.dist, self.metrics)
@@ -247,7 +251,9 @@ class Trainer:
                           "lr": self.lr_at(self.step - 1, epoch),
                           "alpha": self.weighting.terms(step=self.step - 1, epoch=epoch,
                                                         labels=_NO_LABELS).alpha,
-                          "non_finite_steps": m["non_finite_steps"]})
+                          "non_finite_steps": m["non_finite_steps"],
+                          **self._pmf_fields(m)})
+                self._warn_low_ess(m, window_steps)
                 if m["non_finite_steps"] > skipped and self.main:
                     print(f"step {self.step}: {m['non_finite_steps'] - skipped} step(s) of the "
                           f"last {window_steps} skipped for a non-finite output, loss or "
@@ -256,7 +262,7 @@ class Trainer:
                 if bar is not None:
                     bar.set_postfix(loss=_fmt(m["loss"]), sisdri=_fmt(m["sisdri"]),
                                     ex_s=f"{window_steps * config.batch_size / elapsed:.1f}",
-                                    skipped=skipped)
+                                    skipped=skipped, ess=_fmt(m["pmf_ess"]))
                 window_t0, window_steps = time.perf_counter(), 0
                 if m["interrupted"]:  # some rank (or this process) got Ctrl-C
                     self._interrupted = True
@@ -295,7 +301,30 @@ class Trainer:
         epoch = self.config.epoch(step)
         mix, ref, labels = to_device(batch, self.device)
         terms = self.weighting.terms(step=step, epoch=epoch, labels=labels)
-        self.device_step(mix, ref, terms.bias, terms.alpha, self.lr_at(step, epoch))
+        self.device_step(mix, ref, terms.bias, terms.alpha, self.lr_at(step, epoch),
+                         labels=labels)
+
+    def _pmf_fields(self, m: dict) -> dict:
+        """The window's pmf diagnostics as metrics.jsonl fields (shares by class name)."""
+        out = {k: m[k] for k in ("pmf_ess", "pmf_ess_min", "pmf_ess_max", "pmf_max_weight")}
+        shares = m.get("pmf_class_share")
+        if "pmf_class_share" in m:
+            out["pmf_class_share"] = None if shares is None else {
+                name: share for name, share in zip(self.class_names, shares)}
+        return out
+
+    def _warn_low_ess(self, m: dict, window_steps: int) -> None:
+        """Once per run: the pmf's ESS stayed below --ess-warn for a whole window."""
+        low = self.config.ess_warn
+        if self._ess_warned or not self.main or m["pmf_ess_max"] is None:
+            return
+        if m["pmf_ess_max"] < low:
+            self._ess_warned = True
+            print(f"warning: step {self.step}: the pmf's effective sample size stayed below "
+                  f"{low:g} of the items for all {window_steps} step(s) of the window "
+                  f"(max {m['pmf_ess_max']:.3f}, largest weight {m['pmf_max_weight']:.3f}): "
+                  f"a few items carry the whole gradient, the effective batch has collapsed",
+                  file=sys.stderr)
 
     def validate(self, bar) -> None:
         """Validate (rank 0), keep ``best.pt``, step the plateau lr and early stopping."""
