@@ -91,7 +91,7 @@ class StepMetrics:
                "finite_steps": finite / world,
                "non_finite_steps": int(round(skipped / world)),
                "interrupted": stop}
-        out.update(pmf_summary(values[5:5 + 3 * rows], world))
+        out.update(pmf_summary(values[5:5 + 3 * rows]))
         if self.class_weight is not None:
             per_class = values[5 + 3 * rows:]
             total = sum(per_class)
@@ -100,11 +100,11 @@ class StepMetrics:
         return out
 
 
-def pmf_summary(rows: list, world: int = 1) -> dict:
+def pmf_summary(rows: list) -> dict:
     """The window's pmf diagnostics from its rows (sum p^2, items, largest weight) per step."""
     ess, largest = [], []
     for k in range(0, len(rows), 3):
-        squares, items, top = rows[k], rows[k + 1], rows[k + 2] * world
+        squares, items, top = rows[k], rows[k + 1], rows[k + 2]
         if items > 0 and squares > 0:   # a skipped step has no pmf
             ess.append(1.0 / (items * squares))
             largest.append(top)
