@@ -25,13 +25,16 @@ def blocks(title: str, lang: str) -> list[str]:
 SNIPPETS = blocks("Use ugr in your project", "python")
 
 
-def test_the_section_has_its_three_snippets():
-    assert len(SNIPPETS) == 3
-    assert "PITLossWrapper" in SNIPPETS[1] and "reweight" in SNIPPETS[2]
+def test_the_section_has_its_four_snippets():
+    assert len(SNIPPETS) == 4
+    assert "PITLossWrapper" in SNIPPETS[1] and "return_est=True" in SNIPPETS[1]
+    assert "class UGRSystem(System)" in SNIPPETS[2] and "reweight" in SNIPPETS[3]
 
 
 @pytest.mark.parametrize("index", range(len(SNIPPETS)))
 def test_snippet_runs_on_its_own(index, capsys):
+    if index == 2:   # the Asteroid System recipe: where asteroid is installed
+        pytest.importorskip("asteroid.engine")
     torch.manual_seed(0)
     namespace = {"__name__": f"readme_snippet_{index}"}
     exec(compile(SNIPPETS[index], f"README.md snippet {index + 1}", "exec"), namespace)
@@ -44,7 +47,17 @@ def test_snippet_runs_on_its_own(index, capsys):
         again = uk.weighted_sisdr(namespace["reordered"].detach(), namespace["targets"],
                                   pit=False)
         torch.testing.assert_close(again.sisdr, result.sisdr)
-    if index == 2:
+    if index == 1:
+        torch.testing.assert_close(namespace["reordered"], namespace["est_sources"].gather(
+            1, namespace["result"].perm[..., None].expand_as(namespace["est_sources"])))
+    if index == 2:   # the override passes the mixture: the loss is -SI-SDRi, not -SI-SDR
+        system, sources = namespace["system"], namespace["sources"]
+        est = system(sources.sum(1))
+        weighted = uk.WeightedSISDRLoss(uk.Robust(0.1))
+        torch.testing.assert_close(namespace["loss"].detach(),
+                                   weighted(est, sources, sources.sum(1)).detach())
+        assert next(system.model.parameters()).grad is not None
+    if index == 3:
         weights, y = namespace["favour_class_2"].weights, namespace["y"]
         assert weights[y == 2].sum() > (y == 2).float().mean()     # the bias favours class 2
         assert namespace["est"].grad is not None and namespace["net"].weight.grad is not None
@@ -106,3 +119,16 @@ def test_premixed_commands_parse():
     assert configs[1].wsj0_mix_dir
     for argv in evals:
         evaluate_parser().parse_args(argv)
+
+
+def test_the_first_command_installs_what_makes_the_pictures():
+    import tomllib
+
+    first = blocks("Quickstart", "bash")[0]
+    install = next(line for line in first.splitlines() if "pip install" in line)
+    extras = re.findall(r'-e "?\.\[([a-z,]+)\]"?', install)
+    assert extras, install
+    pyproject = tomllib.loads((README.parent / "pyproject.toml").read_text())
+    optional = pyproject["project"]["optional-dependencies"]
+    wanted = [dep for extra in extras[0].split(",") for dep in optional[extra]]
+    assert "matplotlib" in wanted + pyproject["project"]["dependencies"]

@@ -7,6 +7,8 @@ A run folder (``--run-dir``) holds:
 * ``checkpoint.pt``: model, optimizer, step and RNG state, written atomically (a
   temporary file in the same folder, fsync, rename: a crash during a save leaves the
   previous checkpoint intact); ``load_trained`` builds its model for separate/evaluate;
+* ``best.pt``: the model of the best validation SI-SDRi so far (the same format, written
+  the same atomic way), which the final test uses unless ``--test-on last``;
 * ``metrics.jsonl``: one strict-JSON object per line (``kind``: setup, train, val,
   throughput), consistent after a resume;
 * ``results.json`` and ``test_sisdri.csv``: the test table and one row per test source;
@@ -32,6 +34,7 @@ from model import build_model
 
 CONFIG_JSON = "config.json"
 CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"
 METRICS = "metrics.jsonl"
 RESULTS_JSON = "results.json"
 ITEMS_CSV = "test_sisdri.csv"
@@ -60,6 +63,10 @@ class RunFolder:
     @property
     def checkpoint(self) -> Path:
         return self.path / CHECKPOINT
+
+    @property
+    def best(self) -> Path:
+        return self.path / BEST
 
     @property
     def metrics(self) -> Path:
@@ -91,6 +98,14 @@ class RunFolder:
 
     def load_checkpoint(self) -> dict[str, Any]:
         return load_checkpoint(self.checkpoint)
+
+    # ------------------------------------------------------------------ best.pt
+    def save_best(self, state: dict[str, Any]) -> Path:
+        """``best.pt``: the best model so far, atomically (like ``checkpoint.pt``)."""
+        return save_checkpoint(state, self.best)
+
+    def load_best(self) -> dict[str, Any]:
+        return load_checkpoint(self.best)
 
     # ------------------------------------------------------------------ metrics.jsonl
     def metrics_log(self, enabled: bool = True) -> "MetricsLog":

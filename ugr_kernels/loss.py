@@ -22,6 +22,7 @@ class WeightedSISDRLoss(nn.Module):
         criterion = WeightedSISDRLoss(Curriculum(Linear(-0.2, 0.0, 20_000)))
         criterion = WeightedSISDRLoss(ClassBias({"speech": 3.0}, class_names=["speech", "env"]))
         result = criterion(est, ref, labels=labels, return_result=True)  # all per-item outputs
+        loss, reordered = criterion(est, ref, return_est=True)   # as Asteroid's PITLossWrapper
 
     Args:
         weighting: a scheme from ``ugr_kernels.weighting``, a plain float alpha
@@ -41,10 +42,14 @@ class WeightedSISDRLoss(nn.Module):
 
     def forward(self, est: Tensor, ref: Tensor, mixture: Optional[Tensor] = None, *,
                 step: int = 0, epoch: int = 0, labels: Optional[Tensor] = None,
-                mask: Optional[Tensor] = None, return_result: bool = False):
+                mask: Optional[Tensor] = None, return_result: bool = False,
+                return_est: bool = False):
         """est, ref: (B, C, T); labels: class indices shaped like the items ((B, C) or (B,)).
 
-        Returns the scalar loss, or the full ``WeightedSISDRResult`` with ``return_result``.
+        Returns the scalar loss; with ``return_est`` (as Asteroid's ``PITLossWrapper``)
+        ``(loss, reordered_est)``, the estimates in the order of the references
+        (``reordered_est[:, j]`` is the estimate PIT matched to ``ref[:, j]``); with
+        ``return_result`` the full ``WeightedSISDRResult`` (both: ``(result, reordered)``).
         """
         if labels is not None and isinstance(est, Tensor) and est.dim() == 3:
             by_source = self.options.get("granularity", "source") == "source"
@@ -54,7 +59,11 @@ class WeightedSISDRLoss(nn.Module):
         result: WeightedSISDRResult = weighted_sisdr(
             est, ref, mixture=mixture, alpha=terms.alpha, bias=terms.bias, mask=mask,
             score_fn=terms.score_fn(), **self.options)
-        return result if return_result else result.loss
+        out = result if return_result else result.loss
+        if return_est:
+            perm = result.perm.to(est.device)[..., None].expand_as(est)
+            return out, est.gather(1, perm)
+        return out
 
     def extra_repr(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())

@@ -17,8 +17,10 @@ from ..data.audio import SAMPLE_RATE
 from ..data.mixing import MAX_SOURCES, TASKS
 from ..run.config import (
     LOSS_BACKENDS,
+    LR_SCHEDULES,
     MIN_SEGMENT_SECONDS,
     SCHEDULE_KINDS,
+    TEST_ON,
     WEIGHTINGS,
     RunConfig,
 )
@@ -48,6 +50,18 @@ def _checked_sources(value):
     if n > MAX_SOURCES:
         raise argparse.ArgumentTypeError(f"at most {MAX_SOURCES} sources, got {n}")
     return n
+
+
+_factor = number(float, 0.0, strict=True, what="a factor between 0 and 1 (exclusive)")
+non_negative_float = number(float, 0.0)
+
+
+def _factor_below_one(value):
+    out = _factor(value)
+    if out >= 1:
+        raise argparse.ArgumentTypeError(f"expected a factor between 0 and 1 (exclusive), "
+                                         f"got {out}")
+    return out
 
 
 def _workers(value):
@@ -201,6 +215,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="divide the learning rate every this many epochs (0 = never)")
     g.add_argument("--lr-decay-factor", type=positive_float, default=D.lr_decay_factor,
                    help="divisor of the learning-rate decay")
+    g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=D.lr_schedule,
+                   help="step: divide by --lr-decay-factor every --lr-decay-every epochs "
+                        "(constant without it); plateau: multiply by --plateau-factor after "
+                        "more than --plateau-patience validations without a better mean "
+                        "SI-SDRi (ReduceLROnPlateau; Asteroid's recipe 0.5 and 5)")
+    g.add_argument("--plateau-factor", type=_factor_below_one, default=D.plateau_factor,
+                   help="--lr-schedule plateau: multiply the learning rate by this (0 < f < 1)")
+    g.add_argument("--plateau-patience", type=non_negative_int, default=D.plateau_patience,
+                   help="--lr-schedule plateau: validations without improvement tolerated")
+    g.add_argument("--min-lr", type=non_negative_float, default=D.min_lr,
+                   help="--lr-schedule plateau: the learning rate never goes below this")
+    g.add_argument("--early-stop", type=non_negative_int, default=D.early_stop,
+                   metavar="PATIENCE",
+                   help="stop after this many validations in a row without a better mean "
+                        "SI-SDRi (0 = never)")
     g.add_argument("--seed", type=non_negative_int, default=D.seed,
                    help="seed of the model init and training mixtures")
 
@@ -218,6 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", action="store_true",
                    help="continue from RUN_DIR/checkpoint.pt exactly where it stopped")
     g.add_argument("--no-test", action="store_true", help="skip the final test-set evaluation")
+    g.add_argument("--test-on", choices=TEST_ON, default=D.test_on,
+                   help="the model the final test scores: best (best.pt, the best validation "
+                        "mean SI-SDRi) or last (checkpoint.pt); results.json says which")
+    g.add_argument("--ess-warn", type=non_negative_float, default=D.ess_warn,
+                   help="warn once when the pmf's effective sample size (a fraction of the "
+                        "items) stays below this for a whole logging window (0 = never)")
 
     g = add_machine_flags(p)
     g.add_argument("--amp", action="store_true", help="bf16 autocast for the model on GPU")
@@ -262,6 +297,8 @@ def parse_args(argv=None) -> RunConfig:
             parser.error(f"{absent[0]} is needed with {manifests[0]}")
     elif args.keep_noise:
         parser.error("--keep-noise applies to pre-mixed data (--*-manifest, --wsj0-mix-dir)")
+    if args.lr_schedule == "plateau" and args.lr_decay_every:
+        parser.error("--lr-decay-every belongs to --lr-schedule step; give one of the two")
     if args.cuda_graphs and not args.compile:
         parser.error("--cuda-graphs needs --compile")
     return RunConfig.from_args(args)

@@ -23,6 +23,8 @@ from ..data.audio import SAMPLE_RATE
 
 WEIGHTINGS = ("uniform", "robust", "curriculum", "class", "temperature")
 SCHEDULE_KINDS = ("constant", "linear", "cosine", "exponential", "step")
+LR_SCHEDULES = ("step", "plateau")
+TEST_ON = ("best", "last")
 LOSS_BACKENDS = ("unfused", "auto", "torch", "cpp", "triton", "cuda", "reference")
 MIN_SEGMENT_SECONDS = 0.1  # shorter mixtures are a handful of encoder frames: nothing to learn
 
@@ -70,6 +72,11 @@ class RunConfig:
     epoch_steps: int = 100
     lr_decay_every: int = 0
     lr_decay_factor: float = 3.0
+    lr_schedule: str = "step"             # step decay (--lr-decay-every) or plateau
+    plateau_factor: float = 0.5           # Asteroid's recipe: halve after 5 flat validations
+    plateau_patience: int = 5
+    min_lr: float = 0.0
+    early_stop: int = 0                   # validations without improvement; 0 = never stop
     seed: int = 0
     # evaluation, logging, checkpoints
     run_dir: str = "runs/default"
@@ -79,6 +86,8 @@ class RunConfig:
     checkpoint_every: int = 100
     resume: bool = False
     no_test: bool = False
+    test_on: str = "best"
+    ess_warn: float = 0.1                 # warn once when a window's pmf ESS stays below this
     no_progress: bool = False
     # hardware
     device: Optional[str] = None
@@ -173,7 +182,7 @@ class RunConfig:
             return uk.Cosine(start, end, duration, unit=unit)
         return uk.Linear(start, end, duration, unit=unit)
 
-    def lr_schedule(self) -> uk.Schedule:
+    def step_decay(self) -> uk.Schedule:
         """``lr / factor ** (epoch // every)`` as a piecewise-constant schedule over epochs."""
         if self.lr_decay_every <= 0:
             return uk.Constant(self.lr, unit="epoch")

@@ -78,6 +78,12 @@ def agree_ok(ok: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return bad == 0
 
 
+def all_reduce_max(t: torch.Tensor, info: DistInfo) -> None:
+    """``t`` becomes its elementwise max over ranks, in place, on the device (no host read)."""
+    if info.enabled:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+
+
 def reduce_window(sums: torch.Tensor, interrupted: bool, info: DistInfo) -> tuple[list, bool]:
     """Sum the window's metric sums over ranks, with the ranks' Ctrl-C flags, and read them.
 
@@ -90,6 +96,15 @@ def reduce_window(sums: torch.Tensor, interrupted: bool, info: DistInfo) -> tupl
         dist.all_reduce(packed, op=dist.ReduceOp.SUM)
     values = packed.tolist()
     return values[:-1], values[-1] > 0
+
+
+def broadcast_float(value: float, info: DistInfo, device: torch.device) -> float:
+    """Rank 0's ``value`` on every rank (a validation result: once per validation)."""
+    if not info.enabled:
+        return float(value)
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.broadcast(t, src=0)
+    return float(t.item())
 
 
 def device_for(info: DistInfo, requested: Optional[str]) -> torch.device:

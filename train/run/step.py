@@ -78,17 +78,17 @@ class TrainStep:
         est = est.float()
         out = self.loss(est, ref, mix, alpha, bias)
         finite = torch.isfinite(out.loss) & torch.isfinite(est.detach()).all()
-        return out.loss, out.sisdri, out.mask, finite
+        return out.loss, out.sisdri, out.mask, out.weights, finite
 
     def __call__(self, mix: Tensor, ref: Tensor, bias: Optional[Tensor], alpha: float,
-                 lr: float) -> None:
+                 lr: float, labels: Optional[Tensor] = None) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.alpha.fill_(alpha)            # a device fill, no copy and no sync
         if self.config.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
         self.optimizer.zero_grad(set_to_none=True)
-        loss, sisdri, mask, finite = self.compute(mix, ref, bias, self.alpha)
+        loss, sisdri, mask, weights, finite = self.compute(mix, ref, bias, self.alpha)
         loss.backward()
         if self.config.clip_grad > 0:
             norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.clip_grad)
@@ -100,4 +100,4 @@ class TrainStep:
         ok = D.agree_ok(finite & torch.isfinite(norm), self.dist)
         self.found_inf.copy_(~ok)
         self.optimizer.step()
-        self.metrics.add(ok, loss, sisdri, mask)
+        self.metrics.add(ok, loss, sisdri, mask, weights, labels)

@@ -9,12 +9,11 @@ and the final test.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
-import math
 import signal
 import sys
 import time
-from typing import Optional
 
 import torch
 
@@ -28,6 +27,7 @@ from ..run_folder import RunFolder
 from . import distributed as D
 from .config import RunConfig
 from .metrics import StepMetrics
+from .plateau import ValidationControl
 from .step import TrainStep
 
 
@@ -66,7 +66,8 @@ class Trainer:
         self.given = dataclasses.replace(self.given, num_sources=self.num_sources)
         self.class_names = list(self.data.class_names)
         self.weighting = config.weighting_scheme(self.class_names)
-        self.lr_schedule = config.lr_schedule()
+        self.step_decay = config.step_decay()
+        self.control = ValidationControl(config)   # best model, plateau lr, early stop
         torch.manual_seed(config.seed)
         self.model = build_model(config.model, num_sources=self.num_sources).to(self.device)
         train_model = self.model
@@ -77,14 +78,28 @@ class Trainer:
         # Fused Adam on CPU and CUDA alike: it takes the skip flag as found_inf.
         self.optimizer = torch.optim.Adam(params, lr=config.lr, fused=True)
         self.backend = config.backend
-        self.metrics = StepMetrics(self.device)
+        # pmf diagnostics per logging window; weight shares per class for class schemes.
+        self.metrics = StepMetrics(self.device, window=config.log_every,
+                                   num_classes=len(self.class_names)
+                                   if "class" in config.weighting else 0)
+        self._ess_warned = False
         # The step on device tensors; ``train_step`` feeds it a batch and the schedules.
         self.device_step = TrainStep(train_model, params, self.optimizer, config, self.device,
                                      self.dist, self.metrics)
         self.step = 0
-        self.best_val = -math.inf
         self._interrupted = False
         self.throughput: dict = {}
+
+    @property
+    def best_val(self) -> float:
+        """The best validation mean SI-SDRi so far (-inf before the first validation)."""
+        return self.control.best
+
+    def lr_at(self, step: int, epoch: int) -> float:
+        """The learning rate of ``step``: the step decay's, or the plateau schedule's now."""
+        if self.config.lr_schedule == "plateau":
+            return self.control.lr
+        return self.step_decay.at(step, epoch)
 
     @property
     def non_finite_steps(self) -> int:
@@ -95,8 +110,8 @@ class Trainer:
     def state(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "step": self.step, "non_finite_steps": self.non_finite_steps,
-                "best_val": self.best_val, "args": self.config.to_dict(),
-                "torch_rng": torch.get_rng_state()}
+                "best_val": self.best_val, "control": self.control.state_dict(),
+                "args": self.config.to_dict(), "torch_rng": torch.get_rng_state()}
 
     def save(self) -> None:
         if self.main:
@@ -108,7 +123,10 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.step = int(ckpt["step"])
         self.metrics.skipped.fill_(int(ckpt["non_finite_steps"]))
-        self.best_val = float(ckpt["best_val"])
+        if "control" in ckpt:
+            self.control.load_state_dict(ckpt["control"])
+        else:  # a checkpoint from before best.pt and the plateau schedule
+            self.control.best = float(ckpt["best_val"])
         torch.set_rng_state(ckpt["torch_rng"])
 
     # ------------------------------------------------------------------ logging
@@ -128,6 +146,8 @@ class Trainer:
                 print(f"Resumed from {self.folder.checkpoint} at step {self.step}.")
         else:
             self.metrics_log.clear()
+            if self.main:  # a best.pt of an earlier run in this folder is not this run's
+                self.folder.best.unlink(missing_ok=True)
         if self.main:
             self._header()
 
@@ -219,6 +239,8 @@ class Trainer:
         window_t0, window_steps, skipped = time.perf_counter(), 0, self.non_finite_steps
         run_t0, run_steps, aside, warm = window_t0, 0, 0.0, False
         self.model.train()
+        if self.control.stopped:  # resumed after early stopping: nothing left to train
+            loader = ()
         for batch in loader:
             self.train_step(batch)
             self.step += 1
@@ -237,10 +259,12 @@ class Trainer:
                 self.log({"kind": "train", "step": self.step, "loss": m["loss"],
                           "sisdri": m["sisdri"],
                           "examples_per_s": window_steps * config.batch_size / elapsed,
-                          "lr": self.lr_schedule.at(self.step - 1, epoch),
+                          "lr": self.lr_at(self.step - 1, epoch),
                           "alpha": self.weighting.terms(step=self.step - 1, epoch=epoch,
                                                         labels=_NO_LABELS).alpha,
-                          "non_finite_steps": m["non_finite_steps"]})
+                          "non_finite_steps": m["non_finite_steps"],
+                          **self._pmf_fields(m)})
+                self._warn_low_ess(m, window_steps)
                 if m["non_finite_steps"] > skipped and self.main:
                     print(f"step {self.step}: {m['non_finite_steps'] - skipped} step(s) of the "
                           f"last {window_steps} skipped for a non-finite output, loss or "
@@ -249,7 +273,7 @@ class Trainer:
                 if bar is not None:
                     bar.set_postfix(loss=_fmt(m["loss"]), sisdri=_fmt(m["sisdri"]),
                                     ex_s=f"{window_steps * config.batch_size / elapsed:.1f}",
-                                    skipped=skipped)
+                                    skipped=skipped, ess=_fmt(m["pmf_ess"]))
                 window_t0, window_steps = time.perf_counter(), 0
                 if m["interrupted"]:  # some rank (or this process) got Ctrl-C
                     self._interrupted = True
@@ -260,6 +284,15 @@ class Trainer:
             if (config.eval_every and self.step % config.eval_every == 0
                     and self.step < config.steps):
                 self.validate(bar)
+            if self.control.stopped:
+                if bar is not None:
+                    bar.close()
+                    bar = None
+                if self.main:
+                    print(f"early stop at step {self.step}: {self.control.since_best} "
+                          f"validations without improvement on {self.best_val:.2f} dB "
+                          f"(step {self.control.best_step})")
+                break
             if config.checkpoint_every and self.step % config.checkpoint_every == 0:
                 self.save()
             aside += time.perf_counter() - t_aside
@@ -270,7 +303,7 @@ class Trainer:
             self.throughput.update(train_steps_per_s=round(run_steps / elapsed, 3),
                                    train_mixtures_per_s=round(run_steps * config.batch_size
                                                               / elapsed, 1))
-        if not self._interrupted and self.step >= config.steps:
+        if not self._interrupted and self.step >= config.steps and not self.control.stopped:
             self.validate(None)
 
     def train_step(self, batch) -> None:
@@ -279,18 +312,51 @@ class Trainer:
         epoch = self.config.epoch(step)
         mix, ref, labels = to_device(batch, self.device)
         terms = self.weighting.terms(step=step, epoch=epoch, labels=labels)
-        self.device_step(mix, ref, terms.bias, terms.alpha, self.lr_schedule.at(step, epoch))
+        self.device_step(mix, ref, terms.bias, terms.alpha, self.lr_at(step, epoch),
+                         labels=labels)
 
-    def validate(self, bar) -> Optional[dict]:
+    def _pmf_fields(self, m: dict) -> dict:
+        """The window's pmf diagnostics as metrics.jsonl fields (shares by class name)."""
+        out = {k: m[k] for k in ("pmf_ess", "pmf_ess_min", "pmf_ess_max", "pmf_max_weight")}
+        shares = m.get("pmf_class_share")
+        if "pmf_class_share" in m:
+            out["pmf_class_share"] = None if shares is None else {
+                name: share for name, share in zip(self.class_names, shares)}
+        return out
+
+    def _warn_low_ess(self, m: dict, window_steps: int) -> None:
+        """Once per run: the pmf's ESS stayed below --ess-warn for a whole window."""
+        low = self.config.ess_warn
+        if self._ess_warned or not self.main or m["pmf_ess_max"] is None:
+            return
+        if m["pmf_ess_max"] < low:
+            self._ess_warned = True
+            print(f"warning: step {self.step}: the pmf's effective sample size stayed below "
+                  f"{low:g} of the items for all {window_steps} step(s) of the window "
+                  f"(max {m['pmf_ess_max']:.3f}, largest weight {m['pmf_max_weight']:.3f}): "
+                  f"a few items carry the whole gradient, the effective batch has collapsed",
+                  file=sys.stderr)
+
+    def validate(self, bar) -> None:
+        """Validate (rank 0), keep ``best.pt``, step the plateau lr and early stopping."""
+        row = None
         if self.main:
             res = evaluate(self.model, eval_batches(self.data.val, self.config.eval_batch_size),
                            self.device)
             row = summarize(res["sisdri"])
-            self.log({"kind": "val", "step": self.step, **row})
+        # Every rank takes the same decisions (lr, stop) from rank 0's value.
+        mean = D.broadcast_float(row["mean"] if row is not None else 0.0, self.dist,
+                                 self.device)
+        improved = self.control.update(mean, self.step)
+        if self.main:
+            if improved:
+                self.folder.save_best({"model": self.model.state_dict(), "step": self.step,
+                                       "val_sisdri": mean, "args": self.config.to_dict()})
+            self.log({"kind": "val", "step": self.step, **row, "best": improved,
+                      "lr": self.control.lr if self.config.lr_schedule == "plateau"
+                      else self.step_decay.at(self.step, self.config.epoch(self.step))})
             text = format_table({f"val @ {self.step}": row}, title="SI-SDRi (dB)")
             (bar.write if bar is not None else print)(text)
-            if row["mean"] > self.best_val:
-                self.best_val = row["mean"]
         D.barrier(self.dist)
 
     def final_test(self) -> dict:
@@ -300,16 +366,35 @@ class Trainer:
         if self.show:
             from tqdm import tqdm
             progress = tqdm(total=len(self.data.test), desc="test", unit="mix", leave=False)
-        res = evaluate(self.model, eval_batches(self.data.test, self.config.eval_batch_size),
+        model, tested = self._model_to_test()
+        res = evaluate(model, eval_batches(self.data.test, self.config.eval_batch_size),
                        self.device, progress=progress)
         if progress is not None:
             progress.close()
         info = {"step": self.step, "wall_seconds": round(time.perf_counter() - self._t0, 1),
-                "non_finite_steps": self.non_finite_steps}
+                "non_finite_steps": self.non_finite_steps, **tested}
         out = write_test_results(self.folder, res, self.class_names, info=info)
         if self.non_finite_steps:
             print(f"{self.non_finite_steps} step(s) were skipped for a non-finite loss/gradient.")
         return out
+
+
+    def _model_to_test(self) -> tuple[torch.nn.Module, dict]:
+        """The model the final test scores (``--test-on``) and what results.json says of it."""
+        info = {"best_val_sisdri": self.best_val if self.control.best_step is not None else None,
+                "best_step": self.control.best_step, "early_stopped": self.control.stopped}
+        if self.config.test_on == "best" and self.folder.best.exists():
+            best = self.folder.load_best()
+            model = copy.deepcopy(self.model)
+            model.load_state_dict(best["model"])
+            print(f"testing the best model: {self.folder.best} (step {best['step']}, "
+                  f"validation {best['val_sisdri']:.2f} dB)")
+            return model, {**info, "tested": "best", "tested_step": int(best["step"]),
+                           "tested_checkpoint": str(self.folder.best)}
+        if self.config.test_on == "best":
+            print("no best.pt (no finite validation): testing the last model")
+        return self.model, {**info, "tested": "last", "tested_step": self.step,
+                            "tested_checkpoint": str(self.folder.checkpoint)}
 
 
 _NO_LABELS = torch.zeros(1, 2, dtype=torch.long)  # the logged alpha does not depend on labels

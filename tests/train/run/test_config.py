@@ -34,7 +34,7 @@ def test_resolve_settles_machine_choices_once():
 def test_schedules_are_ugr_kernels_schedules():
     config = RunConfig(steps=400, epoch_steps=100, lr=1e-3, lr_decay_every=2,
                        lr_decay_factor=2.0, beta_start=-0.4, beta_end=0.0, beta_steps=100)
-    lr = config.lr_schedule()
+    lr = config.step_decay()
     assert [lr.at(0, e) for e in range(4)] == [1e-3, 1e-3, 5e-4, 5e-4]
     for kind in ("constant", "linear", "cosine", "exponential", "step"):
         beta = dataclasses.replace(config, beta_schedule=kind).beta_schedule_object()

@@ -26,7 +26,7 @@ def params(path):
 
 def test_ddp_two_processes_equal_one_process_on_the_combined_batch(tmp_path, torchrun):
     common = QUICK_FUSED + ["--steps", "3", "--eval-every", "0", "--no-test",
-                            "--weighting", "robust", "--alpha", "0.3"]
+                            "--weighting", "robust", "--alpha", "0.3", "--log-every", "1"]
     subprocess.run([sys.executable, "-m", "train", *common, "--run-dir", str(tmp_path / "one")],
                    cwd=ROOT, env=ENV, check=True, capture_output=True)
     proc = torchrun(*common, "--run-dir", tmp_path / "two")
@@ -43,6 +43,17 @@ def test_ddp_two_processes_equal_one_process_on_the_combined_batch(tmp_path, tor
     for k in one:
         if k != "decoder.bias":
             torch.testing.assert_close(two[k], one[k], rtol=0, atol=1e-5, msg=k)
+    # The pmf diagnostics are the global pmf's: sums and the max over ranks.
+    import json
+    rows = {name: [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text()
+                   .splitlines() if '"train"' in x] for name in ("one", "two")}
+    assert len(rows["one"]) == len(rows["two"]) == 3
+    for a, b in zip(rows["one"], rows["two"]):
+        for key in ("pmf_ess", "pmf_max_weight"):
+            assert abs(a[key] - b[key]) < 1e-5, (key, a[key], b[key])
+        assert a["pmf_ess"] < 1.0
+    # best.pt: the end's validation decided on rank 0's value, written once.
+    assert (tmp_path / "two" / "best.pt").exists()
     moved = params(tmp_path / "one")
     assert any(not torch.equal(moved[k], torch.zeros_like(moved[k])) for k in moved)
 
